@@ -1,0 +1,105 @@
+"""Sentence vectors from the hidden states of a decoder-only model.
+
+Layer numbering, used everywhere in koen-align: layer 0 is the embedding output, layer L (1..N) the
+output of decoder layer L. This equals Hugging Face's ``hidden_states[L]`` for L < N. For L = N it
+is the output of the last decoder layer BEFORE the final norm, whereas Hugging Face's
+``hidden_states[N]`` is after it (the input of the LM head).
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from transformers.masking_utils import create_causal_mask
+
+
+def pooling_mask(input_ids: Tensor, attention_mask: Tensor, bos_token_id: int | None, exclude_bos: bool = True) -> Tensor:
+    """The tokens a sentence vector averages over: (B, T) 0/1, padding excluded and, by default, BOS.
+
+    BOS carries no meaning of the sentence and, being the attention sink of a causal LM, has a large
+    hidden state that would dominate the mean. It is found by id, so left or right padding both work.
+    """
+    mask = attention_mask.bool()
+    if exclude_bos and bos_token_id is not None:
+        mask = mask & (input_ids != bos_token_id)
+    return mask.to(attention_mask.dtype)
+
+
+def pool(hidden: Tensor, mask: Tensor, method: str = "mean") -> Tensor:
+    """Pool ``hidden`` (B, T, D) over the tokens where ``mask`` (B, T) is 1 into (B, D).
+
+    - ``mean``: sum_t mask_t * h_t / sum_t mask_t (a row with no token gives zeros).
+    - ``last``: h at the last position where mask is 1, i.e. the last real token under right
+      padding; under causal attention it is the only position that has seen the whole sentence.
+    """
+    if method == "mean":
+        m = mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+    if method == "last":
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        last = (mask.long() * positions).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown pooling {method!r}; expected 'mean' or 'last'")
+
+
+class LayerMixture(nn.Module):
+    """A trainable softmax-weighted mixture of the pooled vectors of several layers.
+
+    With logits z_k for layers ``layers[k]`` and temperature t, weights w = softmax(z / t) sum to 1,
+    and the mixed vector is sum_k w_k * v_k for per-layer pooled vectors v_k (B, D). The logits start
+    at 0 (uniform weights). A temperature below 1 sharpens the softmax, so the same logit change
+    separates the weights more; give the logits their own learning rate as well, since at a model's
+    learning rate (1e-5) they barely move.
+    """
+
+    def __init__(self, layers: Sequence[int], temperature: float = 1.0):
+        super().__init__()
+        if not layers:
+            raise ValueError("LayerMixture needs at least one layer")
+        if temperature <= 0:
+            raise ValueError(f"mixture temperature must be > 0, got {temperature}")
+        self.layers = list(layers)
+        self.temperature = temperature
+        self.logits = nn.Parameter(torch.zeros(len(self.layers)))
+
+    def weights(self) -> Tensor:
+        return torch.softmax(self.logits / self.temperature, dim=0)
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        """``pooled`` (K, B, D), one slice per layer in ``self.layers`` order -> (B, D)."""
+        w = self.weights().to(pooled.dtype)
+        return torch.einsum("k,kbd->bd", w, pooled)
+
+
+def decoder_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, upto: int) -> list[Tensor]:
+    """Hidden states of layers 0..``upto`` of a Llama-family causal LM, running only decoder layers 1..upto.
+
+    The layers above ``upto`` would get no gradient from a loss on these states, so skipping them
+    saves their forward and their activations. Uses the model's own modules (embeddings, rotary
+    embedding, causal mask, decoder layers), so gradient checkpointing and DeepSpeed hooks apply as
+    in the full forward. Returns ``upto + 1`` tensors of shape (B, T, D); see the module docstring
+    for what layer N means.
+    """
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    missing = [name for name in ("embed_tokens", "rotary_emb", "layers") if not hasattr(decoder, name)]
+    if missing:
+        raise TypeError(
+            f"{type(model).__name__} is not a Llama-family decoder (no {', '.join(missing)}); "
+            "the truncated forward supports Llama, Mistral, Qwen2 and the like"
+        )
+    num_layers = len(decoder.layers)
+    if not 0 <= upto <= num_layers:
+        raise ValueError(f"layer {upto} is outside 0..{num_layers}")
+    hidden = decoder.embed_tokens(input_ids)
+    states = [hidden]
+    if upto == 0:
+        return states
+    position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    causal_mask = create_causal_mask(
+        config=decoder.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None, position_ids=position_ids
+    )
+    position_embeddings = decoder.rotary_emb(hidden, position_ids=position_ids)
+    for layer in decoder.layers[:upto]:
+        hidden = layer(hidden, attention_mask=causal_mask, position_embeddings=position_embeddings, position_ids=position_ids)
+        states.append(hidden)
+    return states

@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from common.demo import tiny_llama
+from common.pooling import LayerMixture, decoder_hidden_states, pool, pooling_mask
+
+BOS, PAD = 1, 3
+
+
+def batch():
+    # right-padded, BOS first, different lengths
+    ids = torch.tensor([[BOS, 7, 8, 9, 10], [BOS, 11, 12, PAD, PAD], [BOS, 13, PAD, PAD, PAD]])
+    mask = (ids != PAD).long()
+    return ids, mask
+
+
+def test_mean_pool_excludes_pad_and_bos():
+    ids, mask = batch()
+    hidden = torch.randn(3, 5, 4)
+    pooled = pool(hidden, pooling_mask(ids, mask, BOS), "mean")
+    torch.testing.assert_close(pooled[0], hidden[0, 1:5].mean(0))
+    torch.testing.assert_close(pooled[1], hidden[1, 1:3].mean(0))
+    torch.testing.assert_close(pooled[2], hidden[2, 1])
+    with_bos = pool(hidden, pooling_mask(ids, mask, BOS, exclude_bos=False), "mean")
+    torch.testing.assert_close(with_bos[1], hidden[1, 0:3].mean(0))
+
+
+def test_last_token_pool_takes_last_real_token_under_either_padding():
+    ids, mask = batch()
+    hidden = torch.randn(3, 5, 4)
+    pooled = pool(hidden, mask, "last")
+    torch.testing.assert_close(pooled, torch.stack([hidden[0, 4], hidden[1, 2], hidden[2, 1]]))
+    left_mask = mask.flip(1)
+    torch.testing.assert_close(pool(hidden, left_mask, "last"), hidden[:, 4])
+
+
+def test_unknown_pooling_is_an_error():
+    with pytest.raises(ValueError, match="unknown pooling"):
+        pool(torch.randn(1, 2, 3), torch.ones(1, 2), "max")
+
+
+@pytest.mark.parametrize("upto", [0, 1, 2, 3])
+def test_truncated_forward_equals_full_model_hidden_states(upto):
+    model = tiny_llama(64, hidden_size=32, num_layers=4).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        states = decoder_hidden_states(model, ids, mask, upto)
+    assert len(states) == upto + 1
+    for layer in range(upto + 1):
+        real = mask.bool()  # padded positions are never pooled; compare the real ones
+        torch.testing.assert_close(states[layer][real], full[layer][real], rtol=1e-5, atol=1e-5)
+
+
+def test_layer_n_is_before_the_final_norm():
+    model = tiny_llama(64, hidden_size=32, num_layers=4).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        full = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+        top = decoder_hidden_states(model, ids, mask, 4)[4]
+        real = mask.bool()
+        torch.testing.assert_close(model.model.norm(top)[real], full[4][real], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(top[real], full[4][real])
+
+
+def test_truncated_forward_rejects_layers_outside_the_model():
+    model = tiny_llama(64, hidden_size=32, num_layers=2)
+    ids, mask = batch()
+    with pytest.raises(ValueError, match="outside 0..2"):
+        decoder_hidden_states(model, ids, mask, 3)
+
+
+def test_layer_mixture_weights_sum_to_one_and_train():
+    mix = LayerMixture([1, 2, 3], temperature=0.5)
+    with torch.no_grad():
+        mix.logits.copy_(torch.tensor([0.3, -1.0, 2.0]))
+    w = mix.weights()
+    assert w.sum().item() == pytest.approx(1.0)
+    torch.testing.assert_close(w, torch.softmax(torch.tensor([0.3, -1.0, 2.0]) / 0.5, 0))
+    pooled = torch.randn(3, 5, 8)
+    out = mix(pooled)
+    torch.testing.assert_close(out, sum(w[k] * pooled[k] for k in range(3)))
+    out.pow(2).sum().backward()
+    assert mix.logits.grad is not None and mix.logits.grad.abs().sum() > 0
+
+
+def test_one_layer_mixture_equals_single_layer_pooling():
+    model = tiny_llama(64, hidden_size=32, num_layers=4).eval()
+    ids, mask = batch()
+    with torch.no_grad():
+        states = decoder_hidden_states(model, ids, mask, 2)
+        m = pooling_mask(ids, mask, BOS)
+        single = pool(states[2], m)
+        mixed = LayerMixture([2])(pool(states[2], m).unsqueeze(0))
+    torch.testing.assert_close(mixed, single)

@@ -1,0 +1,486 @@
+"""Stage 1: align Korean and English sentence representations with InfoNCE on parallel pairs.
+
+The Korean side goes through the model being trained; the English side through the same model
+(``--english_encoder shared``) or a frozen copy of the starting model (``frozen``). A sentence vector
+is the pooled hidden state of one layer (``--pool_layer``) or a trainable softmax mixture of layers
+(``--mix_layers A-B``). Optionally a next-token loss on monolingual text is added (``--lm_weight``),
+one batch of it per batch of pairs. Layer numbering: 0 = embeddings, L = output of decoder layer L
+(see common/pooling.py).
+
+Launch:
+    accelerate launch train_contrastive.py                       # embedded demo: tiny model, shipped pairs
+    accelerate launch train_contrastive.py \\
+        --model_name_or_path princeton-nlp/Sheared-LLaMA-1.3B-ShareGPT-ko \\
+        --train_file data/parallel/train.jsonl --validation_file data/parallel/validation.jsonl \\
+        --pool_layer 12 --english_encoder frozen --bf16 --output_dir runs/stage1
+    accelerate launch --config_file ds_configs/accelerate_zero2.yaml train_contrastive.py stage1.yaml
+    accelerate launch train_contrastive.py --resume_from_checkpoint latest --output_dir runs/stage1 ...
+
+A single .json or .yaml argument file works in place of the flags.
+"""
+
+import copy
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from datasets import Dataset
+from datasets.exceptions import DatasetGenerationError
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, get_scheduler
+
+from common.data import (
+    DataError,
+    LengthGroupedBatchSampler,
+    ParallelCollator,
+    ShardedBatches,
+    file_fingerprint,
+    iter_mono_texts,
+    iter_parallel_jsonl,
+    pack_blocks,
+)
+from common.demo import tiny_llama, train_demo_tokenizer
+from common.losses import info_nce
+from common.metrics import alignment_metrics
+from common.pooling import LayerMixture, decoder_hidden_states, pool, pooling_mask
+
+logger = logging.getLogger("train_contrastive")
+DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
+
+
+@dataclass
+class Arguments:
+    # model and data
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Hugging Face causal LM folder or hub id. Unset: the embedded demo (a tiny random Llama and a tokenizer trained on the shipped demo pairs)."})
+    train_file: str | None = field(default=None, metadata={"help": "Parallel JSONL, one {\"ko\", \"en\", \"source\"} a line. Unset: data/demo/train.jsonl."})
+    validation_file: str | None = field(default=None, metadata={"help": "Parallel JSONL for the alignment metrics every --eval_steps. Unset with no --train_file: data/demo/validation.jsonl."})
+    output_dir: str = field(default="runs/contrastive", metadata={"help": "Where checkpoint-{step} folders and TensorBoard logs go."})
+    max_seq_length: int = field(default=128, metadata={"help": "Sentences are truncated to this many tokens (BOS included)."})
+    group_by_length: bool = field(default=True, metadata={"help": "Batch sentences of similar length together (less padding); contents stay random at the scale of 64 batches."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes per training process."})
+    # representation
+    pool_layer: int | None = field(default=None, metadata={"help": "Pool the hidden state of this layer: 0 = embedding output, L = output of decoder layer L (1..N). Unset and no --mix_layers: the middle layer N // 2."})
+    mix_layers: str | None = field(default=None, metadata={"help": "'A-B': a trainable softmax-weighted mixture of the pooled vectors of layers A..B (inclusive) instead of one layer."})
+    mix_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of the mixture logits (at a model's rate they barely move)."})
+    mix_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the mixture; below 1 separates the weights faster."})
+    pooling: str = field(default="mean", metadata={"help": "'mean' over real tokens, or 'last' real token."})
+    include_bos: bool = field(default=False, metadata={"help": "Include the BOS token in mean pooling (it is excluded by default: it carries no meaning and its hidden state is huge)."})
+    # what trains
+    english_encoder: str = field(default="shared", metadata={"help": "'shared': English through the trained model too; 'frozen': through a frozen copy of the starting model (no gradient, eval mode, not in the optimizer)."})
+    trainable: str = field(default="all", metadata={"help": "'all', 'embeddings' (input embeddings only), or comma-separated regexes of parameter names (e.g. 'embed_tokens,layers\\.[0-5]\\.'); everything else is frozen and stays bitwise unchanged."})
+    # objective
+    temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature tau."})
+    symmetric: bool = field(default=True, metadata={"help": "Average the ko->en and en->ko InfoNCE directions (else ko->en only)."})
+    cl_weight: float = field(default=1.0, metadata={"help": "Weight of the contrastive loss."})
+    lm_weight: float = field(default=0.0, metadata={"help": "Weight of the next-token loss on --lm_train_file; 0 turns it off (and the contrastive forward stops at the deepest pooled layer)."})
+    lm_train_file: str | None = field(default=None, metadata={"help": "Monolingual text for the LM loss: JSONL {\"text\", \"lang\"} or plain text, one document a line."})
+    block_size: int = field(default=512, metadata={"help": "Length of the packed LM blocks."})
+    per_device_lm_batch_size: int = field(default=4, metadata={"help": "LM blocks per process per step."})
+    # optimisation
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Parallel pairs per process per step; negatives are gathered from all processes."})
+    learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate of the model. Unset: 2e-5, or 1e-3 for the embedded demo's random model."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay for matrices; never applied to embeddings, norms, biases or mixture logits."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name: linear, cosine, constant_with_warmup, ..."})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "Share of the steps spent warming up."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 turns it off."})
+    max_steps: int = field(default=-1, metadata={"help": "Total optimizer steps; overrides --num_train_epochs when > 0. Unset for the demo: 400."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs, one epoch being one pass over the larger of the pair and LM streams."})
+    seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order and everything else."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (ignored under a DeepSpeed config, which sets its own)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass to save memory."})
+    # bookkeeping
+    logging_steps: int = field(default=10, metadata={"help": "Log the losses every N steps."})
+    eval_steps: int = field(default=100, metadata={"help": "Alignment metrics on the validation pairs every N steps (and at step 0)."})
+    max_eval_pairs: int = field(default=1000, metadata={"help": "Use at most this many validation pairs (the first ones)."})
+    save_steps: int = field(default=500, metadata={"help": "Write checkpoint-{step} every N steps (and at the end)."})
+    save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."})
+    report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker: 'tensorboard', 'wandb', ..., or 'none'."})
+
+
+def check_args(args: Arguments, num_layers: int) -> list[int]:
+    """Reject bad combinations before any model is loaded; return the layers the representation uses."""
+    if args.pool_layer is not None and args.mix_layers is not None:
+        raise ValueError("give --pool_layer or --mix_layers, not both")
+    if args.mix_layers is not None:
+        m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", args.mix_layers)
+        if not m or int(m.group(1)) > int(m.group(2)):
+            raise ValueError(f"--mix_layers must be 'A-B' with 0 <= A <= B, got {args.mix_layers!r}")
+        layers = list(range(int(m.group(1)), int(m.group(2)) + 1))
+    else:
+        layers = [num_layers // 2 if args.pool_layer is None else args.pool_layer]
+    if not all(0 <= layer <= num_layers for layer in layers):
+        raise ValueError(f"layers {layers[0]}..{layers[-1]} are outside 0..{num_layers} (the model has {num_layers} decoder layers)")
+    choices = {"pooling": ("mean", "last"), "english_encoder": ("shared", "frozen")}
+    for name, allowed in choices.items():
+        if getattr(args, name) not in allowed:
+            raise ValueError(f"--{name} must be one of {allowed}, got {getattr(args, name)!r}")
+    if args.lm_weight < 0 or args.cl_weight < 0:
+        raise ValueError("--lm_weight and --cl_weight must be >= 0")
+    if args.lm_weight > 0 and not args.lm_train_file:
+        raise ValueError("--lm_weight > 0 needs monolingual text: give --lm_train_file")
+    for name in ("train_file", "validation_file", "lm_train_file"):
+        path = getattr(args, name)
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"--{name} {path}: no such file")
+    return layers
+
+
+def ddp_kwargs(args: Arguments) -> DistributedDataParallelKwargs:
+    """Without an LM loss, lm_head and the layers above the pooled one get no gradient, and DDP then
+    skips its gradient all-reduce silently unless it searches for unused parameters each step."""
+    return DistributedDataParallelKwargs(find_unused_parameters=args.lm_weight == 0)
+
+
+def select_trainable(model: nn.Module, spec: str) -> list[str]:
+    """Set requires_grad from --trainable; return the names of the trainable parameters."""
+    embeddings = model.get_input_embeddings().weight
+    names = []
+    for name, p in model.named_parameters():
+        if spec == "all":
+            train = True
+        elif spec == "embeddings":
+            train = p is embeddings
+        else:
+            train = any(re.search(pattern, name) for pattern in spec.split(","))
+        p.requires_grad_(train)
+        if train:
+            names.append(name)
+    if not names:
+        example = ", ".join(n for n, _ in list(model.named_parameters())[:4])
+        raise ValueError(f"--trainable {spec!r} matches no parameter (names look like: {example}, ...)")
+    return names
+
+
+def pooled_layers(lm: nn.Module, input_ids, attention_mask, layers: list[int], args: Arguments, bos_token_id) -> torch.Tensor:
+    """(K, B, D): the pooled vectors of ``layers``, running the model only as deep as the deepest one."""
+    states = decoder_hidden_states(lm, input_ids, attention_mask, upto=max(layers))
+    mask = pooling_mask(input_ids, attention_mask, bos_token_id, exclude_bos=not args.include_bos)
+    return torch.stack([pool(states[layer], mask, args.pooling) for layer in layers])
+
+
+class ContrastiveModel(nn.Module):
+    """The trained LM and its layer mixture as one module, so DDP and DeepSpeed see one forward per
+    step (two forwards before one backward would confuse DDP's unused-parameter search).
+
+    forward returns the Korean vectors (B, D), the English vectors (B, D) and the LM loss (or None).
+    With a frozen English encoder, its per-layer pooled vectors come in as ``en_layers`` (K, B, D)
+    and only the mixture is applied here, so the mixture weights see both languages either way.
+    """
+
+    def __init__(self, lm: nn.Module, layers: list[int], args: Arguments, bos_token_id: int | None, mixture: LayerMixture | None):
+        super().__init__()
+        self.lm, self.layers, self.args, self.bos_token_id, self.mixture = lm, layers, args, bos_token_id, mixture
+
+    def combine(self, per_layer: torch.Tensor) -> torch.Tensor:
+        return self.mixture(per_layer) if self.mixture is not None else per_layer[0]
+
+    def encode(self, input_ids, attention_mask) -> torch.Tensor:
+        return self.combine(pooled_layers(self.lm, input_ids, attention_mask, self.layers, self.args, self.bos_token_id))
+
+    def forward(self, ko_input_ids, ko_attention_mask, en_input_ids=None, en_attention_mask=None, en_layers=None, lm_input_ids=None):
+        ko = self.encode(ko_input_ids, ko_attention_mask)
+        en = self.combine(en_layers) if en_layers is not None else self.encode(en_input_ids, en_attention_mask)
+        lm_loss = self.lm(input_ids=lm_input_ids, labels=lm_input_ids).loss if lm_input_ids is not None else None
+        return ko, en, lm_loss
+
+
+def training_losses(model: nn.Module, frozen_en: nn.Module | None, batch: dict, lm_batch: torch.Tensor | None, args: Arguments):
+    """One step's losses: (total, contrastive, LM or None). ``model`` is the prepared ContrastiveModel."""
+    en_layers = None
+    if frozen_en is not None:
+        inner = model.module if hasattr(model, "module") else model
+        with torch.no_grad():
+            en_layers = pooled_layers(frozen_en, batch["en_input_ids"], batch["en_attention_mask"], inner.layers, args, inner.bos_token_id)
+        batch = {"ko_input_ids": batch["ko_input_ids"], "ko_attention_mask": batch["ko_attention_mask"]}
+    ko, en, lm_loss = model(**batch, en_layers=en_layers, lm_input_ids=lm_batch)
+    cl_loss = info_nce(ko, en, temperature=args.temperature, symmetric=args.symmetric)
+    total = args.cl_weight * cl_loss + (args.lm_weight * lm_loss if lm_loss is not None else 0.0)
+    return total, cl_loss, lm_loss
+
+
+@torch.no_grad()
+def evaluate(model: ContrastiveModel, frozen_en: nn.Module | None, loader: DataLoader, device) -> dict[str, float]:
+    """Alignment metrics on the validation pairs (every process computes them; they are cheap)."""
+    model.eval()
+    kos, ens = [], []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        kos.append(model.encode(batch["ko_input_ids"], batch["ko_attention_mask"]).float())
+        if frozen_en is None:
+            ens.append(model.encode(batch["en_input_ids"], batch["en_attention_mask"]).float())
+        else:
+            per_layer = pooled_layers(frozen_en, batch["en_input_ids"], batch["en_attention_mask"], model.layers, model.args, model.bos_token_id)
+            ens.append(model.combine(per_layer).float())
+    model.train()
+    return alignment_metrics(torch.cat(kos), torch.cat(ens))
+
+
+def load_pairs(path: str, tokenizer, max_len: int) -> Dataset:
+    """Validated, tokenized pairs as a cached ``datasets.Dataset`` with ko_ids, en_ids, length."""
+    try:
+        ds = Dataset.from_generator(iter_parallel_jsonl, gen_kwargs={"path": path}, fingerprint=file_fingerprint(path))
+    except DatasetGenerationError as e:  # show our message (file:line), not the library's wrapper
+        raise e.__cause__ if isinstance(e.__cause__, DataError) else e
+    if len(ds) == 0:
+        raise DataError(f"{path}: no pairs")
+
+    def tokenize(rows):
+        ko = tokenizer(rows["ko"], truncation=True, max_length=max_len)["input_ids"]
+        en = tokenizer(rows["en"], truncation=True, max_length=max_len)["input_ids"]
+        return {"ko_ids": ko, "en_ids": en, "length": [len(a) + len(b) for a, b in zip(ko, en)]}
+
+    return ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {Path(path).name}")
+
+
+def load_lm_blocks(path: str, tokenizer, block_size: int) -> Dataset:
+    """Monolingual documents tokenized and packed into ``block_size`` blocks (EOS between documents)."""
+    try:
+        ds = Dataset.from_generator(
+            lambda path: ({"text": t} for t in iter_mono_texts(path)), gen_kwargs={"path": path}, fingerprint=file_fingerprint(path)
+        )
+    except DatasetGenerationError as e:
+        raise e.__cause__ if isinstance(e.__cause__, DataError) else e
+    packed = ds.map(
+        lambda rows: {"input_ids": pack_blocks(tokenizer(rows["text"])["input_ids"], block_size, tokenizer.eos_token_id)},
+        batched=True, batch_size=1000, remove_columns=ds.column_names, desc=f"packing {Path(path).name}",
+    )
+    if len(packed) == 0:
+        raise DataError(f"{path}: fewer tokens than one block of {block_size}")
+    return packed
+
+
+def save_checkpoint(accelerator: Accelerator, model, tokenizer, args: Arguments, step: int) -> None:
+    """checkpoint-{step}: save_pretrained folder + tokenizer + training_args.json (+ layer weights) and
+    the accelerate state to resume from, written under a temporary name and renamed when complete."""
+    final = Path(args.output_dir) / f"checkpoint-{step}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / "accelerate_state"))  # model, optimizer, scheduler, RNG of every process
+    state = accelerator.get_state_dict(model)  # full weights on the main process, also under ZeRO-3
+    inner = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        lm_state = {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
+        inner.lm.save_pretrained(tmp, state_dict=lm_state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "training_args.json").write_text(json.dumps(asdict(args), indent=2))
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
+        if inner.mixture is not None:
+            weights = inner.mixture.weights().tolist()
+            (tmp / "layer_weights.json").write_text(json.dumps(dict(zip(map(str, inner.layers), weights)), indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if args.save_total_limit:
+            for old in sorted_checkpoints(args.output_dir)[: -args.save_total_limit]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def sorted_checkpoints(output_dir: str) -> list[Path]:
+    """Complete checkpoint-{step} folders, oldest first (the .tmp ones of a crashed save are ignored)."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def main(argv: list[str] | None = None):
+    parser = HfArgumentParser(Arguments)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        parse = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+        (args,) = parse(os.path.abspath(argv[0]))
+    else:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+
+    demo = args.model_name_or_path is None
+    if args.train_file is None:
+        args.train_file = str(DEMO_DIR / "train.jsonl")
+        args.validation_file = args.validation_file or str(DEMO_DIR / "validation.jsonl")
+    if args.learning_rate is None:
+        args.learning_rate = 1e-3 if demo else 2e-5
+    if demo and args.max_steps <= 0:
+        args.max_steps = 400
+    num_layers = 4 if demo else AutoConfig.from_pretrained(args.model_name_or_path).num_hidden_layers
+    layers = check_args(args, num_layers)
+
+    accelerator = Accelerator(
+        mixed_precision="bf16" if args.bf16 else "no",
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+        kwargs_handlers=[ddp_kwargs(args)],
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+
+    # Tokenizer and model
+    if demo:
+        texts = [row[side] for row in iter_parallel_jsonl(args.train_file) for side in ("ko", "en")]
+        tokenizer = train_demo_tokenizer(texts)
+        lm = tiny_llama(len(tokenizer), num_layers=num_layers, seed=args.seed)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+        lm = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
+    if tokenizer.pad_token is None:  # Llama tokenizers have none; padded positions are masked anyway
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    if args.gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.config.use_cache = False
+    # The frozen English encoder is a copy of the STARTING model, taken before anything trains.
+    frozen_en = None
+    if args.english_encoder == "frozen":
+        frozen_en = copy.deepcopy(lm).requires_grad_(False).eval()
+        frozen_en.to(accelerator.device, dtype=torch.bfloat16 if args.bf16 else None)
+    trainable = select_trainable(lm, args.trainable)
+    mixture = LayerMixture(layers, args.mix_temperature) if args.mix_layers else None
+    model = ContrastiveModel(lm, layers, args, tokenizer.bos_token_id, mixture)
+    logger.info("representation: %s of layer(s) %s; %d trainable parameter tensors; English encoder %s",
+                args.pooling, layers, len(trainable), args.english_encoder)
+
+    # Data: planned as global batches, each process takes its slice (common/data.py).
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = args.per_device_train_batch_size * world
+    with accelerator.main_process_first():
+        train_pairs = load_pairs(args.train_file, tokenizer, args.max_seq_length)
+        val_pairs = load_pairs(args.validation_file, tokenizer, args.max_seq_length) if args.validation_file else None
+        lm_blocks = load_lm_blocks(args.lm_train_file, tokenizer, args.block_size) if args.lm_weight > 0 else None
+    if lm_blocks is not None and args.block_size > lm.config.max_position_embeddings:
+        raise ValueError(f"--block_size {args.block_size} exceeds the model's context of {lm.config.max_position_embeddings}")
+    pair_sampler = LengthGroupedBatchSampler(train_pairs["length"], global_batch, seed=args.seed, group_by_length=args.group_by_length)
+    samplers = [pair_sampler]
+    if lm_blocks is not None:
+        samplers.append(LengthGroupedBatchSampler([args.block_size] * len(lm_blocks), args.per_device_lm_batch_size * world, seed=args.seed + 1, group_by_length=False))
+    steps_per_epoch = max(len(s) for s in samplers)
+    max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+
+    # Optimizer: no weight decay on embeddings (rows absent from every batch must not move), norms,
+    # biases; the mixture logits get their own learning rate.
+    embeddings = lm.get_input_embeddings().weight
+    decay = [p for p in lm.parameters() if p.requires_grad and p.dim() >= 2 and p is not embeddings]
+    no_decay = [p for p in lm.parameters() if p.requires_grad and (p.dim() < 2 or p is embeddings)]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if mixture is not None:
+        groups.append({"params": list(mixture.parameters()), "weight_decay": 0.0, "lr": args.mix_learning_rate})
+    groups = [g for g in groups if g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, fused=accelerator.device.type == "cuda")
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=int(args.warmup_ratio * max_steps), num_training_steps=max_steps)
+
+    # Prepare. The dataloaders are not prepared: they already yield this process's slice. The
+    # scheduler is stepped once per optimizer step by us and checkpointed alongside.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    # Resume: weights, optimizer, scheduler and RNG from the checkpoint; the data position from the
+    # step alone, because the batch plan depends only on (seed, epoch).
+    start_step = 0
+    if args.resume_from_checkpoint:
+        ckpt = Path(args.resume_from_checkpoint)
+        if args.resume_from_checkpoint == "latest":
+            found = sorted_checkpoints(args.output_dir)
+            if not found:
+                raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint-* in {args.output_dir}")
+            ckpt = found[-1]
+        if not (ckpt / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no trainer_state.json)")
+        accelerator.load_state(str(ckpt / "accelerate_state"))
+        start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        logger.info("resumed from %s at step %d", ckpt, start_step)
+
+    collate = ParallelCollator(tokenizer, pad_to_multiple_of=8 if accelerator.device.type == "cuda" else None)
+    pair_loader = DataLoader(train_pairs, batch_sampler=ShardedBatches(pair_sampler, start_step, rank, world), collate_fn=collate, num_workers=args.dataloader_num_workers)
+    streams = [pair_loader]
+    if lm_blocks is not None:
+        lm_loader = DataLoader(lm_blocks.with_format("torch"), batch_sampler=ShardedBatches(samplers[1], start_step, rank, world), num_workers=args.dataloader_num_workers)
+        streams.append(lm_loader)
+    val_loader = None
+    if val_pairs is not None:
+        val_pairs = val_pairs.select(range(min(len(val_pairs), args.max_eval_pairs)))
+        val_loader = DataLoader(val_pairs, batch_size=args.per_device_train_batch_size, collate_fn=collate)
+
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers("tensorboard" if args.report_to == "tensorboard" else "koen-align",
+                                  config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
+    logger.info("%d pairs, %d steps per epoch, %d steps, global batch %d over %d process(es)",
+                len(train_pairs), steps_per_epoch, max_steps, global_batch, world)
+
+    def write_log(record: dict, step: int) -> None:
+        accelerator.log(record, step=step)
+        if accelerator.is_main_process:  # the same numbers as JSON lines, easy to plot or diff
+            with open(Path(args.output_dir) / "log.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, **record}) + "\n")
+
+    def log_eval(step: int) -> None:
+        if val_loader is None:
+            return
+        metrics = evaluate(accelerator.unwrap_model(model), frozen_en, val_loader, accelerator.device)
+        write_log({f"eval/{k}": v for k, v in metrics.items()}, step)
+        logger.info("step %d eval: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+    # Loop
+    if start_step == 0:
+        log_eval(0)
+    model.train()
+    progress = tqdm(range(max_steps), initial=start_step, disable=not accelerator.is_main_process, desc="stage 1")
+    window = {"cl_loss": [], "lm_loss": []}
+    t0 = time.perf_counter()
+    step = start_step
+    for batches in zip(*streams):
+        if step >= max_steps:
+            break
+        batch = {k: v.to(accelerator.device) for k, v in batches[0].items()}
+        lm_batch = batches[1]["input_ids"].to(accelerator.device) if len(batches) > 1 else None
+        loss, cl_loss, lm_loss = training_losses(model, frozen_en, batch, lm_batch, args)
+        accelerator.backward(loss)
+        if args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        progress.update(1)
+        window["cl_loss"].append(cl_loss.detach())
+        if lm_loss is not None:
+            window["lm_loss"].append(lm_loss.detach())
+
+        if step % args.logging_steps == 0 or step == max_steps:
+            logs = {k: accelerator.reduce(torch.stack(v).mean(), "mean").item() for k, v in window.items() if v}
+            logs["lr"] = scheduler.get_last_lr()[0]
+            logs["pairs_per_s"] = len(window["cl_loss"]) * global_batch / (time.perf_counter() - t0)
+            if mixture is not None:
+                weights = accelerator.unwrap_model(model).mixture.weights()
+                logs.update({f"layer_weight/{layer}": w.item() for layer, w in zip(layers, weights)})
+            write_log(logs, step)
+            progress.set_postfix(cl_loss=f"{logs['cl_loss']:.4f}")
+            logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
+            window = {"cl_loss": [], "lm_loss": []}
+            t0 = time.perf_counter()
+        if step % args.eval_steps == 0 or step == max_steps:
+            log_eval(step)
+        if step % args.save_steps == 0 or step == max_steps:
+            save_checkpoint(accelerator, model, tokenizer, args, step)
+        if step % args.eval_steps == 0 or step % args.save_steps == 0:
+            t0 = time.perf_counter()  # throughput counts training steps only
+    progress.close()
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        logger.info("done: %s", Path(args.output_dir) / f"checkpoint-{step}")
+    return accelerator.unwrap_model(model), frozen_en  # for tests
+
+
+if __name__ == "__main__":
+    main()
