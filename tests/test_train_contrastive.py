@@ -1,0 +1,196 @@
+"""train_contrastive.py end to end, in process, on a tiny saved model and the shipped demo pairs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, PartialState
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, HfArgumentParser
+
+import train_contrastive as tc
+from common.data import DataError, iter_parallel_jsonl
+from common.demo import tiny_llama, train_demo_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = str(ROOT / "data" / "demo" / "train.jsonl")
+VALID = str(ROOT / "data" / "demo" / "validation.jsonl")
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Each main() builds its own Accelerator; reset the process-wide state between runs."""
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random Llama saved as a Hugging Face folder, with a tokenizer trained on the demo pairs."""
+    path = tmp_path_factory.mktemp("tiny_model")
+    texts = [row[side] for row in iter_parallel_jsonl(TRAIN) for side in ("ko", "en")]
+    tokenizer = train_demo_tokenizer(texts)
+    tiny_llama(len(tokenizer), hidden_size=64, num_layers=4, seed=1).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def run(tiny_model, out, *extra):
+    argv = ["--model_name_or_path", str(tiny_model), "--train_file", TRAIN, "--validation_file", VALID,
+            "--output_dir", str(out), "--per_device_train_batch_size", "16", "--learning_rate", "1e-3",
+            "--max_eval_pairs", "64", "--report_to", "none", "--logging_steps", "1", *extra]
+    return tc.main(argv)
+
+
+def read_log(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+def losses(out) -> dict[int, float]:
+    return {r["step"]: r["cl_loss"] for r in read_log(out) if "cl_loss" in r}
+
+
+def weights(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+@pytest.mark.parametrize("variant", [
+    ["--pool_layer", "2"],
+    ["--pool_layer", "0"],
+    ["--pool_layer", "4", "--pooling", "last"],
+    ["--mix_layers", "1-3", "--mix_temperature", "0.5"],
+    ["--english_encoder", "frozen"],
+    ["--trainable", "embeddings"],
+    ["--bf16", "--gradient_checkpointing"],
+    ["--symmetric", "false", "--group_by_length", "false", "--lr_scheduler_type", "cosine"],
+])
+def test_smoke_variants_train_and_export_loadable_checkpoints(tiny_model, tmp_path, variant):
+    run(tiny_model, tmp_path, "--max_steps", "4", "--save_steps", "2", "--eval_steps", "2", *variant)
+    log = read_log(tmp_path)
+    steps = losses(tmp_path)
+    assert sorted(steps) == [1, 2, 3, 4] and all(v == v and v > 0 for v in steps.values())
+    assert [r["step"] for r in log if "eval/gap" in r] == [0, 2, 4]
+    for step in (2, 4):
+        ckpt = tmp_path / f"checkpoint-{step}"
+        assert json.loads((ckpt / "training_args.json").read_text())["max_steps"] == 4
+        model = AutoModelForCausalLM.from_pretrained(ckpt)
+        assert model.config.num_hidden_layers == 4
+        assert (ckpt / "tokenizer.json").is_file()
+    assert not list(tmp_path.glob("*.tmp"))
+    if "--mix_layers" in variant:
+        w = json.loads((tmp_path / "checkpoint-4" / "layer_weights.json").read_text())
+        assert list(w) == ["1", "2", "3"] and sum(w.values()) == pytest.approx(1.0)
+        assert any("layer_weight/1" in r for r in log)
+
+
+def test_lm_loss_on_real_korean_text(tiny_model, tmp_path, shared_data):
+    mono = tmp_path / "ko.txt"
+    wiki = sorted((shared_data / "mono_ko" / "kowiki").iterdir())[0]
+    mono.write_text("\n".join(line for line in wiki.read_text(encoding="utf-8").splitlines()[:400] if line and not line.startswith("<")), encoding="utf-8")
+    run(tiny_model, tmp_path / "out", "--max_steps", "3", "--save_steps", "3", "--eval_steps", "3",
+        "--lm_weight", "0.5", "--lm_train_file", str(mono), "--block_size", "64", "--per_device_lm_batch_size", "2")
+    log = [r for r in read_log(tmp_path / "out") if "lm_loss" in r]
+    assert len(log) == 3 and all(r["lm_loss"] > 0 for r in log)
+
+
+def test_embeddings_only_leaves_everything_else_bitwise_unchanged(tiny_model, tmp_path):
+    run(tiny_model, tmp_path, "--max_steps", "5", "--save_steps", "5", "--trainable", "embeddings", "--weight_decay", "0.1")
+    before, after = weights(tiny_model), weights(tmp_path / "checkpoint-5")
+    emb = "model.embed_tokens.weight"
+    for name in before:
+        if name != emb:
+            assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before[emb], after[emb])
+    # rows of tokens that never occur in the data do not move (no weight decay on embeddings)
+    seen = set()
+    texts = [row[side] for row in iter_parallel_jsonl(TRAIN) for side in ("ko", "en")]
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    for ids in tok(texts)["input_ids"]:
+        seen.update(ids)
+    unseen = [i for i in range(before[emb].shape[0]) if i not in seen]
+    assert unseen
+    assert torch.equal(before[emb][unseen], after[emb][unseen])
+
+
+def test_frozen_english_copy_stays_unchanged(tiny_model, tmp_path):
+    trained, frozen = run(tiny_model, tmp_path, "--max_steps", "5", "--save_steps", "5", "--english_encoder", "frozen")
+    start = weights(tiny_model)
+    frozen_state = frozen.state_dict()
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    for name, tensor in start.items():
+        assert torch.equal(frozen_state[name], tensor), name
+    assert not torch.equal(trained.lm.state_dict()["model.layers.0.mlp.up_proj.weight"], start["model.layers.0.mlp.up_proj.weight"])
+
+
+@pytest.mark.parametrize("variant", [["--pool_layer", "2"], ["--mix_layers", "1-3", "--english_encoder", "frozen"]])
+def test_resume_reproduces_the_uninterrupted_run(tiny_model, tmp_path, variant):
+    common = ["--max_steps", "8", "--save_steps", "4", "--eval_steps", "100", "--warmup_ratio", "0.25", *variant]
+    run(tiny_model, tmp_path / "full", *common)
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+    run(tiny_model, tmp_path / "resumed", *common, "--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-4"))
+    full, resumed = losses(tmp_path / "full"), losses(tmp_path / "resumed")
+    assert sorted(resumed) == [5, 6, 7, 8]
+    for step in resumed:
+        assert resumed[step] == pytest.approx(full[step], rel=1e-6, abs=1e-7), step
+    a, b = weights(tmp_path / "full" / "checkpoint-8"), weights(tmp_path / "resumed" / "checkpoint-8")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7)
+
+
+def test_resume_latest_and_save_total_limit(tiny_model, tmp_path):
+    run(tiny_model, tmp_path, "--max_steps", "6", "--save_steps", "2", "--save_total_limit", "2")
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+    run(tiny_model, tmp_path, "--max_steps", "8", "--save_steps", "2", "--resume_from_checkpoint", "latest")
+    assert (tmp_path / "checkpoint-8").is_dir()
+    assert sorted(r["step"] for r in read_log(tmp_path) if "cl_loss" in r) == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_bad_parallel_line_names_file_and_line(tiny_model, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"ko": "안녕", "en": "hi"}\n{"ko": "네"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.jsonl:2: missing field 'en'"):
+        tc.main(["--model_name_or_path", str(tiny_model), "--train_file", str(bad), "--output_dir", str(tmp_path / "o"), "--report_to", "none"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--pool_layer", "5"], r"outside 0..4"),
+    (["--mix_layers", "3-1"], r"'A-B' with 0 <= A <= B"),
+    (["--mix_layers", "2-9"], r"outside 0..4"),
+    (["--pool_layer", "1", "--mix_layers", "1-2"], "not both"),
+    (["--lm_weight", "0.5"], "--lm_train_file"),
+    (["--english_encoder", "copy"], "--english_encoder must be one of"),
+])
+def test_bad_arguments_fail_before_the_model_is_loaded(tmp_path, flags, message):
+    # a folder with a config but no weights: loading the model would fail with another error
+    tiny_llama(100, hidden_size=32, num_layers=4).config.save_pretrained(tmp_path / "config_only")
+    with pytest.raises(ValueError, match=message):
+        tc.main(["--model_name_or_path", str(tmp_path / "config_only"), "--train_file", TRAIN, "--output_dir", str(tmp_path / "o"), *flags])
+
+
+def test_every_argument_has_help_and_an_argument_file_works(tiny_model, tmp_path):
+    for action in HfArgumentParser(tc.Arguments)._actions:
+        if action.dest != "help":
+            assert action.help, action.dest
+    args_file = tmp_path / "args.yaml"
+    args_file.write_text(f"model_name_or_path: {tiny_model}\ntrain_file: {TRAIN}\noutput_dir: {tmp_path / 'o'}\n"
+                         "max_steps: 2\nsave_steps: 2\nreport_to: none\nper_device_train_batch_size: 8\n")
+    tc.main([str(args_file)])
+    assert (tmp_path / "o" / "checkpoint-2").is_dir()
+
+
+def test_embedded_demo_learns(tmp_path):
+    """The README's first job: no model, no data; alignment on held-out demo pairs must rise."""
+    tc.main(["--output_dir", str(tmp_path), "--max_steps", "150", "--eval_steps", "150", "--save_steps", "150", "--report_to", "none"])
+    evals = [r for r in read_log(tmp_path) if "eval/gap" in r]
+    first, last = evals[0], evals[-1]
+    assert last["eval/gap"] > first["eval/gap"] + 0.3
+    assert last["eval/retrieval_ko_en"] > 0.5 and last["eval/retrieval_en_ko"] > 0.5  # chance: 1/256
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-150") is not None
