@@ -461,6 +461,8 @@ def main(argv: list[str] | None = None):
             logs = {k: accelerator.reduce(torch.stack(v).mean(), "mean").item() for k, v in window.items() if v}
             logs["lr"] = scheduler.get_last_lr()[0]
             logs["pairs_per_s"] = len(window["cl_loss"]) * global_batch / (time.perf_counter() - t0)
+            if accelerator.device.type == "cuda":
+                logs["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             if mixture is not None:
                 weights = accelerator.unwrap_model(model).mixture.weights()
                 logs.update({f"layer_weight/{layer}": w.item() for layer, w in zip(layers, weights)})

@@ -7,7 +7,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributed._functional_collectives import all_gather_single_autograd, wait_tensor
+from torch.distributed._functional_collectives import wait_tensor
+
+try:  # torch >= 2.13; older releases have the same collective under its former name
+    from torch.distributed._functional_collectives import all_gather_single_autograd
+except ImportError:
+    from torch.distributed._functional_collectives import all_gather_tensor_autograd as all_gather_single_autograd
 
 
 def gather_with_grad(x: Tensor) -> Tensor:

@@ -41,7 +41,7 @@ def test_retrieval_on_held_out_ntrex_rises_well_above_chance(shared_data, tmp_pa
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     shutil.copy(shared_data / "llama2_tokenizer" / "tokenizer.model", model_dir)
-    tokenizer = LlamaTokenizer.from_pretrained(str(model_dir))
+    tokenizer = LlamaTokenizer.from_pretrained(str(model_dir), add_bos_token=True)  # as in Llama checkpoints
     model = tiny_llama(len(tokenizer), hidden_size=128, num_layers=4, seed=0)
     model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id, None
     model.save_pretrained(model_dir)
