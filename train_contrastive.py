@@ -427,7 +427,8 @@ def main(argv: list[str] | None = None):
     def log_eval(step: int) -> None:
         if val_loader is None:
             return
-        metrics = evaluate(accelerator.unwrap_model(model), frozen_en, val_loader, accelerator.device)
+        with accelerator.autocast():  # the same precision as the training forward
+            metrics = evaluate(accelerator.unwrap_model(model), frozen_en, val_loader, accelerator.device)
         write_log({f"eval/{k}": v for k, v in metrics.items()}, step)
         logger.info("step %d eval: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 

@@ -17,6 +17,14 @@ class DataError(ValueError):
     """Bad input data; the message names the file and the line."""
 
 
+def parse_json_line(line: str, where: str):
+    """``json.loads`` with an error that names ``where`` (``path:line``) instead of a library traceback."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
 def iter_parallel_jsonl(path: str) -> Iterator[dict]:
     """Yield ``{"ko", "en", "source"}`` from a parallel JSONL file, checking every line.
 
@@ -28,10 +36,7 @@ def iter_parallel_jsonl(path: str) -> Iterator[dict]:
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            row = parse_json_line(line, where)
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object with 'ko' and 'en', got {type(row).__name__}")
             for side in ("ko", "en"):
@@ -57,10 +62,7 @@ def iter_mono_texts(path: str) -> Iterator[str]:
                 yield line.rstrip("\n")
                 continue
             where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            row = parse_json_line(line, where)
             if not isinstance(row, dict) or "text" not in row:
                 raise DataError(f"{where}: expected a JSON object with a 'text' field")
             if not isinstance(row["text"], str) or not row["text"].strip():

@@ -194,3 +194,14 @@ def test_embedded_demo_learns(tmp_path):
     assert last["eval/gap"] > first["eval/gap"] + 0.3
     assert last["eval/retrieval_ko_en"] > 0.5 and last["eval/retrieval_en_ko"] > 0.5  # chance: 1/256
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-150") is not None
+
+
+def test_changed_data_file_is_read_again_not_served_from_cache(tmp_path):
+    tokenizer = train_demo_tokenizer(["a b c", "가 나 다"])
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"ko": "가", "en": "a"}\n{"ko": "나", "en": "b"}\n', encoding="utf-8")
+    first = tc.load_pairs(str(path), tokenizer, 16)
+    path.write_text('{"ko": "다", "en": "c"}\n{"ko": "나", "en": "b"}\n{"ko": "가", "en": "a"}\n', encoding="utf-8")
+    second = tc.load_pairs(str(path), tokenizer, 16)
+    assert len(first) == 2 and len(second) == 3
+    assert second[0]["ko_ids"] == tokenizer("다")["input_ids"]
