@@ -25,8 +25,6 @@ import logging
 import math
 import os
 import re
-import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,21 +33,21 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from datasets import Dataset
-from datasets.exceptions import DatasetGenerationError
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, get_scheduler
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
+from common.args import parse_arguments
+from common.checkpoint import find_checkpoint, save_checkpoint
 from common.data import (
     DataError,
     LengthGroupedBatchSampler,
     ParallelCollator,
     ShardedBatches,
-    file_fingerprint,
-    iter_mono_texts,
+    dataset_from_rows,
     iter_parallel_jsonl,
-    pack_blocks,
+    load_text_blocks,
 )
 from common.demo import tiny_llama, train_demo_tokenizer
 from common.losses import info_nce
@@ -230,10 +228,7 @@ def evaluate(model: ContrastiveModel, frozen_en: nn.Module | None, loader: DataL
 
 def load_pairs(path: str, tokenizer, max_len: int) -> Dataset:
     """Validated, tokenized pairs as a cached ``datasets.Dataset`` with ko_ids, en_ids, length."""
-    try:
-        ds = Dataset.from_generator(iter_parallel_jsonl, gen_kwargs={"path": path}, fingerprint=file_fingerprint(path))
-    except DatasetGenerationError as e:  # show our message (file:line), not the library's wrapper
-        raise e.__cause__ if isinstance(e.__cause__, DataError) else e
+    ds = dataset_from_rows(iter_parallel_jsonl, path)
     if len(ds) == 0:
         raise DataError(f"{path}: no pairs")
 
@@ -245,66 +240,8 @@ def load_pairs(path: str, tokenizer, max_len: int) -> Dataset:
     return ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {Path(path).name}")
 
 
-def load_lm_blocks(path: str, tokenizer, block_size: int) -> Dataset:
-    """Monolingual documents tokenized and packed into ``block_size`` blocks (EOS between documents)."""
-    try:
-        ds = Dataset.from_generator(
-            lambda path: ({"text": t} for t in iter_mono_texts(path)), gen_kwargs={"path": path}, fingerprint=file_fingerprint(path)
-        )
-    except DatasetGenerationError as e:
-        raise e.__cause__ if isinstance(e.__cause__, DataError) else e
-    packed = ds.map(
-        lambda rows: {"input_ids": pack_blocks(tokenizer(rows["text"])["input_ids"], block_size, tokenizer.eos_token_id)},
-        batched=True, batch_size=1000, remove_columns=ds.column_names, desc=f"packing {Path(path).name}",
-    )
-    if len(packed) == 0:
-        raise DataError(f"{path}: fewer tokens than one block of {block_size}")
-    return packed
-
-
-def save_checkpoint(accelerator: Accelerator, model, tokenizer, args: Arguments, step: int) -> None:
-    """checkpoint-{step}: save_pretrained folder + tokenizer + training_args.json (+ layer weights) and
-    the accelerate state to resume from, written under a temporary name and renamed when complete."""
-    final = Path(args.output_dir) / f"checkpoint-{step}"
-    tmp = final.with_name(final.name + ".tmp")
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "accelerate_state"))  # model, optimizer, scheduler, RNG of every process
-    state = accelerator.get_state_dict(model)  # full weights on the main process, also under ZeRO-3
-    inner = accelerator.unwrap_model(model)
-    if accelerator.is_main_process:
-        lm_state = {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
-        inner.lm.save_pretrained(tmp, state_dict=lm_state, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "training_args.json").write_text(json.dumps(asdict(args), indent=2))
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}))
-        if inner.mixture is not None:
-            weights = inner.mixture.weights().tolist()
-            (tmp / "layer_weights.json").write_text(json.dumps(dict(zip(map(str, inner.layers), weights)), indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if args.save_total_limit:
-            for old in sorted_checkpoints(args.output_dir)[: -args.save_total_limit]:
-                shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-def sorted_checkpoints(output_dir: str) -> list[Path]:
-    """Complete checkpoint-{step} folders, oldest first (the .tmp ones of a crashed save are ignored)."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
 def main(argv: list[str] | None = None):
-    parser = HfArgumentParser(Arguments)
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        parse = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        (args,) = parse(os.path.abspath(argv[0]))
-    else:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    args = parse_arguments(Arguments, argv)
 
     demo = args.model_name_or_path is None
     if args.train_file is None:
@@ -358,9 +295,9 @@ def main(argv: list[str] | None = None):
     with accelerator.main_process_first():
         train_pairs = load_pairs(args.train_file, tokenizer, args.max_seq_length)
         val_pairs = load_pairs(args.validation_file, tokenizer, args.max_seq_length) if args.validation_file else None
-        lm_blocks = load_lm_blocks(args.lm_train_file, tokenizer, args.block_size) if args.lm_weight > 0 else None
-    if lm_blocks is not None and args.block_size > lm.config.max_position_embeddings:
-        raise ValueError(f"--block_size {args.block_size} exceeds the model's context of {lm.config.max_position_embeddings}")
+        lm_blocks = None
+        if args.lm_weight > 0:
+            lm_blocks = load_text_blocks(args.lm_train_file, tokenizer, args.block_size, lm.config.max_position_embeddings)
     pair_sampler = LengthGroupedBatchSampler(train_pairs["length"], global_batch, seed=args.seed, group_by_length=args.group_by_length)
     samplers = [pair_sampler]
     if lm_blocks is not None:
@@ -389,16 +326,8 @@ def main(argv: list[str] | None = None):
     # step alone, because the batch plan depends only on (seed, epoch).
     start_step = 0
     if args.resume_from_checkpoint:
-        ckpt = Path(args.resume_from_checkpoint)
-        if args.resume_from_checkpoint == "latest":
-            found = sorted_checkpoints(args.output_dir)
-            if not found:
-                raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint-* in {args.output_dir}")
-            ckpt = found[-1]
-        if not (ckpt / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"{ckpt} is not a complete checkpoint (no trainer_state.json)")
+        ckpt, start_step = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
         accelerator.load_state(str(ckpt / "accelerate_state"))
-        start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
         logger.info("resumed from %s at step %d", ckpt, start_step)
 
     collate = ParallelCollator(tokenizer, pad_to_multiple_of=8 if accelerator.device.type == "cuda" else None)
@@ -475,7 +404,12 @@ def main(argv: list[str] | None = None):
         if step % args.eval_steps == 0 or step == max_steps:
             log_eval(step)
         if step % args.save_steps == 0 or step == max_steps:
-            save_checkpoint(accelerator, model, tokenizer, args, step)
+            mixture_weights = {}
+            if mixture is not None:  # the learned layer weights, readable without loading anything
+                weights = accelerator.unwrap_model(model).mixture.weights().tolist()
+                mixture_weights["layer_weights.json"] = json.dumps(dict(zip(map(str, layers), weights)), indent=2)
+            save_checkpoint(accelerator, model, tokenizer, args.output_dir, step, asdict(args),
+                            args.save_total_limit, submodule="lm", extra_files=mixture_weights)
         if step % args.eval_steps == 0 or step % args.save_steps == 0:
             t0 = time.perf_counter()  # throughput counts training steps only
     progress.close()

@@ -7,10 +7,14 @@ whatever the number of processes, and resuming at step k only needs k, not a sav
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 
 import numpy as np
 import torch
+from datasets import Dataset, load_from_disk
+from datasets.exceptions import DatasetGenerationError
+from datasets.fingerprint import Hasher
 
 
 class DataError(ValueError):
@@ -76,13 +80,22 @@ def file_fingerprint(path: str) -> str:
     return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def pack_blocks(token_lists: Sequence[Sequence[int]], block_size: int, eos_token_id: int) -> list[list[int]]:
+def iter_packed_blocks(token_lists: Iterable[Sequence[int]], block_size: int, eos_token_id: int) -> Iterator[list[int]]:
     """Concatenate documents, each followed by EOS (the boundary the model sees), and cut the stream
-    into blocks of ``block_size`` tokens. The tail shorter than a block is dropped; nothing else is
-    lost or repeated."""
-    stream = [t for ids in token_lists for t in (*ids, eos_token_id)]
-    usable = len(stream) - len(stream) % block_size
-    return [stream[i : i + block_size] for i in range(0, usable, block_size)]
+    into blocks of ``block_size`` tokens as it goes. Only the final tail shorter than a block is
+    dropped; no token is lost or repeated at block or document boundaries."""
+    buffer: list[int] = []
+    for ids in token_lists:
+        buffer.extend(ids)
+        buffer.append(eos_token_id)
+        while len(buffer) >= block_size:
+            yield buffer[:block_size]
+            del buffer[:block_size]
+
+
+def pack_blocks(token_lists: Sequence[Sequence[int]], block_size: int, eos_token_id: int) -> list[list[int]]:
+    """``iter_packed_blocks`` as a list."""
+    return list(iter_packed_blocks(token_lists, block_size, eos_token_id))
 
 
 class LengthGroupedBatchSampler:
@@ -190,3 +203,75 @@ class ParallelCollator:
             out[f"{side}_input_ids"] = padded["input_ids"]
             out[f"{side}_attention_mask"] = padded["attention_mask"]
         return out
+
+
+def dataset_from_rows(iter_rows, path: str, **kwargs) -> Dataset:
+    """A cached ``Dataset`` of the rows ``iter_rows(path, **kwargs)`` yields, rebuilt when the file,
+    the reader or its arguments change. A ``DataError`` raised while reading surfaces as itself
+    (file:line), not wrapped by the library."""
+    fingerprint = Hasher.hash([file_fingerprint(path), iter_rows.__module__, iter_rows.__qualname__, kwargs])
+    try:
+        return Dataset.from_generator(iter_rows, gen_kwargs={"path": path, **kwargs}, fingerprint=fingerprint)
+    except DatasetGenerationError as e:
+        raise e.__cause__ if isinstance(e.__cause__, DataError) else e
+
+
+def _packed_rows(path: str, tokenizer, block_size: int) -> Iterator[dict]:
+    def tokenized():
+        docs = iter_mono_texts(path)
+        while chunk := list(islice(docs, 1000)):  # the fast tokenizer works on batches
+            yield from tokenizer(chunk)["input_ids"]
+    for block in iter_packed_blocks(tokenized(), block_size, tokenizer.eos_token_id):
+        yield {"input_ids": block}
+
+
+def load_text_blocks(path: str, tokenizer, block_size: int, max_context: int | None = None) -> Dataset:
+    """Monolingual text as a ``Dataset`` of ``input_ids`` blocks of ``block_size`` tokens.
+
+    ``path`` is JSONL ``{"text", "lang"}`` or plain text, tokenized and packed here in one stream
+    (EOS after each document, only the final tail dropped) and cached by ``datasets`` until the
+    file, the tokenizer or the block size changes; or a folder written by
+    ``data_prep/prepare_mono.py`` with ``save_to_disk`` (already packed; its block length must
+    equal ``block_size``).
+    """
+    if max_context is not None and block_size > max_context:
+        raise ValueError(f"--block_size {block_size} exceeds the model's context of {max_context} tokens")
+    if os.path.isdir(path):
+        blocks = load_from_disk(path)
+        if "input_ids" not in blocks.column_names or len(blocks) == 0:
+            raise DataError(f"{path}: expected a non-empty dataset folder with an 'input_ids' column")
+        if len(blocks[0]["input_ids"]) != block_size:
+            raise DataError(f"{path}: blocks of {len(blocks[0]['input_ids'])} tokens, but --block_size is {block_size}")
+        return blocks
+    if not any(True for _ in iter_mono_texts(path)):
+        raise DataError(f"{path}: no text")
+    if next(_packed_rows(path, tokenizer, block_size), None) is None:
+        raise DataError(f"{path}: fewer tokens than one block of {block_size}")
+    return dataset_from_rows(_packed_rows, path, tokenizer=tokenizer, block_size=block_size)
+
+
+def iter_instructions(path: str) -> Iterator[dict]:
+    """Yield ``{"prompt", "response"}`` from instruction JSONL, checking every line (``DataError`` names
+    ``path:line``); the prompt may be empty, the response may not."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            row = parse_json_line(line, where)
+            if not isinstance(row, dict) or "prompt" not in row or "response" not in row:
+                raise DataError(f"{where}: expected a JSON object with 'prompt' and 'response'")
+            if not isinstance(row["prompt"], str) or not isinstance(row["response"], str) or not row["response"].strip():
+                raise DataError(f"{where}: 'prompt' must be a string and 'response' a non-empty string")
+            yield {"prompt": row["prompt"], "response": row["response"]}
+
+
+def tokenize_instruction(tokenizer, prompt: str, response: str, max_length: int) -> dict[str, list[int]]:
+    """Prompt (with the tokenizer's BOS) followed by response + EOS, truncated to ``max_length``.
+    ``labels`` are -100 on the prompt, so only the response (and its EOS) carries loss."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    input_ids = (prompt_ids + response_ids)[:max_length]
+    labels = ([-100] * len(prompt_ids) + response_ids)[:max_length]
+    return {"input_ids": input_ids, "labels": labels}
+

@@ -23,14 +23,15 @@ def train_demo_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTra
 
 
 def tiny_llama(vocab_size: int, hidden_size: int = 128, num_layers: int = 4, seed: int = 0, **overrides) -> LlamaForCausalLM:
-    """A small random Llama with the target's architecture (RMSNorm, rotary, SwiGLU, untied head)."""
+    """A small random Llama with the target's architecture (RMSNorm, rotary, SwiGLU, untied head);
+    ``overrides`` go to ``LlamaConfig``. Special ids match ``train_demo_tokenizer``."""
     import torch
 
-    config = LlamaConfig(
+    settings = dict(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=4,
         max_position_embeddings=512, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3,
-        **overrides,
     )
+    config = LlamaConfig(**{**settings, **overrides})
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)

@@ -1,8 +1,10 @@
-"""Alignment metrics between Korean and English vectors of parallel sentences.
+"""Evaluation metrics: alignment of Korean and English sentence vectors, and language-model loss.
 
-Raw cosine in an anisotropic space is near 1 for any two sentences, so the numbers that compare
+For alignment, raw cosine in an anisotropic space is near 1 for any two sentences, so the numbers that compare
 across checkpoints are the gap between parallel and random-pair cosine, and retrieval accuracy.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -39,3 +41,27 @@ def alignment_metrics(ko: Tensor, en: Tensor) -> dict[str, float]:
         "retrieval_ko_en": (sim.argmax(dim=1) == target).float().mean().item(),
         "retrieval_en_ko": (sim.argmax(dim=0) == target).float().mean().item(),
     }
+
+
+@torch.no_grad()
+def language_model_loss(model, batches, device) -> dict[str, float]:
+    """Mean next-token loss and perplexity of a causal LM over ``batches`` of ``{"input_ids"[, "labels"]}``.
+
+    The mean is over predicted tokens (positions whose shifted label is not -100), pooled across
+    batches, so a short last batch weighs by its tokens and not as a whole batch. Labels default
+    to the input ids (plain text). Returns ``{"loss", "perplexity", "tokens"}``.
+    """
+    total, count = 0.0, 0
+    for batch in batches:
+        input_ids = batch["input_ids"].to(device)
+        labels = batch.get("labels", batch["input_ids"]).to(device)
+        n = int((labels[:, 1:] != -100).sum())
+        if n == 0:
+            continue
+        loss = model(input_ids=input_ids, attention_mask=batch.get("attention_mask", torch.ones_like(input_ids)).to(device), labels=labels).loss
+        total += loss.float().item() * n
+        count += n
+    if count == 0:
+        raise ValueError("no token to score")
+    mean = total / count
+    return {"loss": mean, "perplexity": math.exp(mean), "tokens": count}

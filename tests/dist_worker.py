@@ -12,7 +12,6 @@ per-row mean pooling, InfoNCE as a double loop) and records the largest gradient
 
 import copy
 import json
-import math
 import sys
 from pathlib import Path
 

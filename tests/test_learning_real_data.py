@@ -4,7 +4,6 @@ originals) and Tatoeba pairs, retrieves held-out NTREX-128 news translations wel
 import json
 import shutil
 
-import pytest
 from accelerate.state import AcceleratorState, PartialState
 from transformers import LlamaTokenizer
 

@@ -1,4 +1,5 @@
-"""Write the demo parallel corpus that ships with koen-align (train.jsonl, validation.jsonl).
+"""Write the demo corpus that ships with koen-align: parallel pairs (train.jsonl, validation.jsonl) and
+the same sentences as monolingual text (mono_{ko,en}_{train,validation}.txt).
 
 The sentences are composed from small hand-written Korean/English lexicons, so the corpus is
 written for this project and free of third-party licences. Each pair is a subject, a time or
@@ -71,6 +72,13 @@ def main() -> None:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         print(f"{name}: {len(rows)} pairs")
+    # Monolingual text for the LM losses of the demo (stages 1-3): each side of the same splits,
+    # four sentences to a line (a line is a document).
+    for split, rows in (("train", splits["train.jsonl"]), ("validation", splits["validation.jsonl"])):
+        for lang in ("ko", "en"):
+            docs = [" ".join(r[lang] for r in rows[i : i + 4]) for i in range(0, len(rows), 4)]
+            (out / f"mono_{lang}_{split}.txt").write_text("\n".join(docs) + "\n", encoding="utf-8")
+            print(f"mono_{lang}_{split}.txt: {len(docs)} documents")
 
 
 if __name__ == "__main__":
