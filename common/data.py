@@ -29,28 +29,39 @@ def parse_json_line(line: str, where: str):
         raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
 
 
+def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a UTF-8 text file, a BOM and Windows line ends removed; bytes that are
+    not UTF-8 raise ``DataError`` naming their line (lines are decoded one by one for that)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            yield lineno, line.replace("\r\n", "\n")
+
+
 def iter_parallel_jsonl(path: str) -> Iterator[dict]:
     """Yield ``{"ko", "en", "source"}`` from a parallel JSONL file, checking every line.
 
     A line that is not a JSON object, lacks ``ko`` or ``en``, has a non-string or empty side
     raises ``DataError`` naming ``path:line``. Blank lines are allowed (they carry no pair).
     """
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            row = parse_json_line(line, where)
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object with 'ko' and 'en', got {type(row).__name__}")
-            for side in ("ko", "en"):
-                if side not in row:
-                    raise DataError(f"{where}: missing field {side!r} (fields: {sorted(row)})")
-                if not isinstance(row[side], str):
-                    raise DataError(f"{where}: field {side!r} must be a string, got {type(row[side]).__name__}")
-                if not row[side].strip():
-                    raise DataError(f"{where}: field {side!r} is empty")
-            yield {"ko": row["ko"], "en": row["en"], "source": str(row.get("source", ""))}
+    for lineno, line in numbered_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        row = parse_json_line(line, where)
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object with 'ko' and 'en', got {type(row).__name__}")
+        for side in ("ko", "en"):
+            if side not in row:
+                raise DataError(f"{where}: missing field {side!r} (fields: {sorted(row)})")
+            if not isinstance(row[side], str):
+                raise DataError(f"{where}: field {side!r} must be a string, got {type(row[side]).__name__}")
+            if not row[side].strip():
+                raise DataError(f"{where}: field {side!r} is empty")
+        yield {"ko": row["ko"], "en": row["en"], "source": str(row.get("source", ""))}
 
 
 def iter_mono_texts(path: str) -> Iterator[str]:
@@ -58,20 +69,19 @@ def iter_mono_texts(path: str) -> Iterator[str]:
     text with one document per non-blank line. A JSONL line without a non-empty string ``text``
     raises ``DataError`` naming ``path:line``."""
     is_jsonl = path.endswith((".jsonl", ".json"))
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            if not is_jsonl:
-                yield line.rstrip("\n")
-                continue
-            where = f"{path}:{lineno}"
-            row = parse_json_line(line, where)
-            if not isinstance(row, dict) or "text" not in row:
-                raise DataError(f"{where}: expected a JSON object with a 'text' field")
-            if not isinstance(row["text"], str) or not row["text"].strip():
-                raise DataError(f"{where}: field 'text' must be a non-empty string")
-            yield row["text"]
+    for lineno, line in numbered_lines(path):
+        if not line.strip():
+            continue
+        if not is_jsonl:
+            yield line.rstrip("\n")
+            continue
+        where = f"{path}:{lineno}"
+        row = parse_json_line(line, where)
+        if not isinstance(row, dict) or "text" not in row:
+            raise DataError(f"{where}: expected a JSON object with a 'text' field")
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise DataError(f"{where}: field 'text' must be a non-empty string")
+        yield row["text"]
 
 
 def file_fingerprint(path: str) -> str:
@@ -253,17 +263,16 @@ def load_text_blocks(path: str, tokenizer, block_size: int, max_context: int | N
 def iter_instructions(path: str) -> Iterator[dict]:
     """Yield ``{"prompt", "response"}`` from instruction JSONL, checking every line (``DataError`` names
     ``path:line``); the prompt may be empty, the response may not."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            row = parse_json_line(line, where)
-            if not isinstance(row, dict) or "prompt" not in row or "response" not in row:
-                raise DataError(f"{where}: expected a JSON object with 'prompt' and 'response'")
-            if not isinstance(row["prompt"], str) or not isinstance(row["response"], str) or not row["response"].strip():
-                raise DataError(f"{where}: 'prompt' must be a string and 'response' a non-empty string")
-            yield {"prompt": row["prompt"], "response": row["response"]}
+    for lineno, line in numbered_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        row = parse_json_line(line, where)
+        if not isinstance(row, dict) or "prompt" not in row or "response" not in row:
+            raise DataError(f"{where}: expected a JSON object with 'prompt' and 'response'")
+        if not isinstance(row["prompt"], str) or not isinstance(row["response"], str) or not row["response"].strip():
+            raise DataError(f"{where}: 'prompt' must be a string and 'response' a non-empty string")
+        yield {"prompt": row["prompt"], "response": row["response"]}
 
 
 def tokenize_instruction(tokenizer, prompt: str, response: str, max_length: int) -> dict[str, list[int]]:

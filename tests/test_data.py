@@ -123,3 +123,10 @@ def test_parallel_collator_pads_each_side_dynamically():
     assert out["ko_attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
     assert out["en_input_ids"].shape == (2, 4)
     assert ParallelCollator(tok, pad_to_multiple_of=8)(rows)["en_input_ids"].shape == (2, 8)
+
+
+def test_bytes_that_are_not_utf8_name_the_line(tmp_path):
+    path = tmp_path / "cp949.txt"
+    path.write_bytes("첫 줄\n".encode("utf-8") + "둘째 줄\n".encode("cp949"))
+    with pytest.raises(DataError, match=r"cp949.txt:2: not UTF-8 text"):
+        list(iter_mono_texts(str(path)))

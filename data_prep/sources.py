@@ -1,0 +1,351 @@
+"""Reading and cleaning shared by the data_prep scripts.
+
+- ``iter_entries``: the data files under an input path (a file, a folder, a zip or tar archive, nested
+  zips included), in a stable order, each with an opener, so nothing is extracted that is not read.
+  Zip member names stored as cp949 bytes without the UTF-8 flag (AI-Hub's archives) are decoded right.
+- ``iter_lines``: lines of a byte stream decoded one by one, so a byte that is not valid in the
+  encoding is reported with its file and line (and a hint when the file decodes as cp949).
+- ``iter_json_records``: the records of a JSON file read as a stream: a top-level list of objects,
+  an object whose list values hold the records (``{"data": [...]}``), a single object (one record per
+  file), or several objects one after another (JSON Lines). Memory stays at about one record.
+- ``clean_text``: NFC, control and invisible format characters removed, whitespace collapsed.
+"""
+
+import codecs
+import hashlib
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import unicodedata
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from common.data import DataError
+
+__all__ = [
+    "DataError", "Entry", "clean_text", "digest_entry", "hangul_share", "has_hangul", "iter_entries",
+    "iter_json_records", "iter_lines", "name_tokens", "split_from_names",
+]
+
+HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7a3\ud7b0-\ud7ff]")
+# Control characters (C0/C1 except tab/newline, handled as whitespace) and invisible format characters
+# (zero-width space/joiners, direction marks and embeddings, word joiner, BOM, soft hyphen).
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+_SPACES = re.compile(r"\s+")
+_SPACES_NOT_NEWLINE = re.compile(r"[^\S\n]+")
+_NEWLINES = re.compile(r"\r\n|[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+
+
+def clean_text(text: str, keep_newlines: bool = False) -> str:
+    """NFC; control and invisible format characters dropped; runs of whitespace (NBSP, ideographic
+    space, tabs, ...) become one space; ends stripped. With ``keep_newlines`` (documents), line breaks
+    stay as single ``\\n`` between non-empty lines."""
+    text = unicodedata.normalize("NFC", text)
+    if not keep_newlines:
+        return _SPACES.sub(" ", _INVISIBLE.sub("", text)).strip()
+    text = _INVISIBLE.sub("", _NEWLINES.sub("\n", text))
+    lines = (_SPACES_NOT_NEWLINE.sub(" ", line).strip() for line in text.split("\n"))
+    return "\n".join(line for line in lines if line)
+
+
+def has_hangul(text: str) -> bool:
+    return HANGUL.search(text) is not None
+
+
+def hangul_share(text: str) -> float:
+    """Share of Hangul among the letters of ``text`` (0 when it has no letters)."""
+    letters = sum(ch.isalpha() for ch in text)
+    return len(HANGUL.findall(text)) / letters if letters else 0.0
+
+
+# ----------------------------------------------------------------------------------------------- entries
+
+ARCHIVE_EXTS = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+@dataclass
+class Entry:
+    """One file of an input: ``name`` for messages (``archive.zip/dir/file.json``), ``parts`` the path
+    components from the input itself down to the file (split and direction hints are read from them),
+    ``open`` a binary stream, ``path`` a real file path when there is one."""
+    name: str
+    parts: tuple[str, ...]
+    open: Callable[[], BinaryIO]
+    size: int
+    path: str | None = None
+
+    @property
+    def basename(self) -> str:
+        return self.parts[-1]
+
+
+def lower_ext(name: str) -> str:
+    """The extension, ``.tar.gz``-style double extensions included, lower case ('' for none)."""
+    low = name.lower()
+    for ext in ARCHIVE_EXTS:
+        if low.endswith(ext):
+            return ext
+    return os.path.splitext(low)[1]
+
+
+def zip_member_name(info: zipfile.ZipInfo) -> str:
+    """Member name as the archive's author wrote it. Without the UTF-8 flag (bit 11) Python decodes the
+    bytes as cp437; Korean archives (AI-Hub) store cp949 bytes there, so re-decode: UTF-8 first
+    (some tools omit the flag), then cp949, else keep the cp437 reading."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    raw = info.filename.encode("cp437")
+    for encoding in ("utf-8", "cp949"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+    return info.filename
+
+
+def _iter_zip(zf: zipfile.ZipFile, name: str, parts: tuple[str, ...], stack: ExitStack) -> Iterator[Entry]:
+    members = [(zip_member_name(i), i) for i in zf.infolist() if not i.is_dir()]
+    for member, info in sorted(members, key=lambda m: m[0]):
+        member_parts = tuple(p for p in member.replace("\\", "/").split("/") if p)
+        if member_parts[-1].startswith(".") or "__MACOSX" in member_parts:
+            continue
+        full = f"{name}/{'/'.join(member_parts)}"
+        if lower_ext(member) == ".zip":
+            try:
+                inner = stack.enter_context(zipfile.ZipFile(stack.enter_context(zf.open(info))))
+            except zipfile.BadZipFile as e:
+                raise DataError(f"{full}: not a readable zip archive ({e})") from None
+            yield from _iter_zip(inner, full, parts + member_parts, stack)
+        else:
+            yield Entry(full, parts + member_parts, (lambda zf=zf, info=info: zf.open(info)), info.file_size)
+
+
+def iter_entries(path: str, stack: ExitStack) -> Iterator[Entry]:
+    """The files under ``path`` (a file, a folder, a zip or a tar archive), sorted by name, archives
+    opened in place (zip) or unpacked into a temporary folder that ``stack`` removes (tar: its members
+    cannot be read side by side). Hidden files are left out."""
+    path = os.path.normpath(path)
+    top = os.path.basename(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for f in sorted(files):
+                if f.startswith("."):
+                    continue
+                full = os.path.join(root, f)
+                rel = os.path.relpath(full, path).split(os.sep)
+                yield from _file_entries(full, (top, *rel), stack)
+        return
+    yield from _file_entries(path, (top,), stack)
+
+
+def _file_entries(path: str, parts: tuple[str, ...], stack: ExitStack) -> Iterator[Entry]:
+    ext = lower_ext(path)
+    if ext == ".zip":
+        try:
+            zf = stack.enter_context(zipfile.ZipFile(path))
+        except zipfile.BadZipFile as e:
+            raise DataError(f"{path}: not a readable zip archive ({e})") from None
+        yield from _iter_zip(zf, path, parts, stack)
+    elif ext in ARCHIVE_EXTS:
+        tmp = tempfile.mkdtemp(prefix="data_prep_tar_")
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+        try:
+            with tarfile.open(path) as tf:
+                tf.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable tar archive ({e})") from None
+        for entry in iter_entries(tmp, stack):
+            inner = entry.parts[1:]
+            yield Entry(f"{path}/{'/'.join(inner)}", parts + inner, entry.open, entry.size, entry.path)
+    else:
+        yield Entry(path, parts, (lambda: open(path, "rb")), os.path.getsize(path), path)
+
+
+def digest_entry(entry: Entry) -> bytes:
+    """Content hash of an entry (byte-identical copies have the same digest)."""
+    h = hashlib.blake2b(digest_size=16)
+    with entry.open() as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.digest()
+
+
+_TOKEN_SPLIT = re.compile(r"[^0-9a-z\uac00-\ud7a3]+")
+TRAIN_TOKENS = {"train", "training", "tl", "ts", "훈련", "학습"}
+VALIDATION_TOKENS = {"valid", "validation", "val", "dev", "test", "vl", "vs", "검증"}
+
+
+def name_tokens(name: str) -> list[str]:
+    return [t for t in _TOKEN_SPLIT.split(unicodedata.normalize("NFC", name).lower()) if t]
+
+
+def split_from_names(parts: tuple[str, ...]) -> str | None:
+    """'train' or 'validation' when a path component names the split (innermost first): train,
+    training, TL_/TS_ (AI-Hub training label/source), 훈련, 학습; valid, validation, val, dev, test,
+    VL_/VS_, 검증. None when no component does."""
+    for part in reversed(parts):
+        tokens = set(name_tokens(part))
+        is_train, is_val = bool(tokens & TRAIN_TOKENS), bool(tokens & VALIDATION_TOKENS)
+        if is_train != is_val:
+            return "train" if is_train else "validation"
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- text
+
+
+def decode_hint(raw: bytes, encoding: str) -> str:
+    if encoding.lower().replace("-", "") in ("utf8", "utf8sig"):
+        try:
+            raw.decode("cp949")
+            return "; it decodes as cp949: pass --encoding cp949"
+        except UnicodeDecodeError:
+            pass
+    return ""
+
+
+def iter_lines(f: BinaryIO, name: str, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """(line number, text with its line break) for each line of a binary stream; a byte sequence that
+    is not ``encoding`` raises ``DataError`` naming ``name:line``. A UTF-8 BOM is dropped."""
+    for lineno, raw in enumerate(f, start=1):
+        try:
+            line = raw.decode(encoding)
+        except UnicodeDecodeError as e:
+            raise DataError(f"{name}:{lineno}: not {encoding} text (bad byte at column {e.start + 1}{decode_hint(raw, encoding)})") from None
+        if lineno == 1:
+            line = line.lstrip("\ufeff")
+        yield lineno, line
+
+
+# ------------------------------------------------------------------------------------------------- JSON
+
+_WS = re.compile(r"[ \t\r\n\ufeff]*")
+_NUMBER_TAIL = re.compile(r"[0-9.eE+\-]*\Z")
+
+
+class _JsonStream:
+    """Incremental JSON reading over a binary stream: whitespace skipping, one value at a time."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, f: BinaryIO, name: str, encoding: str):
+        self.f, self.name, self.encoding = f, name, encoding
+        self.decoder = codecs.getincrementaldecoder(encoding)()
+        self.json = json.JSONDecoder()
+        self.buf, self.pos, self.line_base, self.eof = "", 0, 1, False
+
+    def more(self) -> bool:
+        """Read another chunk into the buffer (dropping what was consumed); False at end of file."""
+        if self.eof:
+            return False
+        raw = self.f.read(self.CHUNK)
+        try:
+            text = self.decoder.decode(raw, final=not raw)
+        except UnicodeDecodeError as e:
+            line = self.line_at(len(self.buf)) + raw[: e.start].count(b"\n")
+            raise DataError(f"{self.name}:{line}: not {self.encoding} text{decode_hint(raw[e.start:e.start + 64], self.encoding)}") from None
+        self.eof = not raw
+        if self.pos:
+            self.line_base += self.buf.count("\n", 0, self.pos)
+            self.buf, self.pos = self.buf[self.pos:], 0
+        self.buf += text
+        return True
+
+    def line_at(self, index: int) -> int:
+        return self.line_base + self.buf.count("\n", 0, index)
+
+    def error(self, message: str, index: int | None = None) -> DataError:
+        return DataError(f"{self.name}:{self.line_at(self.pos if index is None else index)}: not valid JSON ({message})")
+
+    def peek(self, offset: int = 0) -> str:
+        """The next non-whitespace character at or after ``pos + offset`` ('' at end of file)."""
+        while True:
+            i = _WS.match(self.buf, self.pos + offset).end()
+            if i < len(self.buf):
+                return self.buf[i]
+            if not self.more():
+                return ""
+
+    def take(self, expected: str) -> None:
+        if self.peek() != expected:
+            raise self.error(f"expected {expected!r}")
+        self.pos = _WS.match(self.buf, self.pos).end() + 1
+
+    def value(self):
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()
+            try:
+                obj, end = self.json.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as e:
+                if self.more():
+                    continue
+                raise self.error(e.msg, e.pos) from None
+            if (isinstance(obj, (int, float)) and not isinstance(obj, bool) and not self.eof
+                    and _NUMBER_TAIL.match(self.buf, end) and self.more()):
+                continue  # a number the chunk boundary may have cut ('12' of '12.5e3'): decode again
+            self.pos = end
+            return obj
+
+
+def iter_json_records(f: BinaryIO, name: str, encoding: str = "utf-8") -> Iterator[tuple[object, str]]:
+    """(record, 'file:line') for each record of a JSON file, reading it as a stream.
+
+    Top-level lists yield their items; a top-level object yields the items of each of its list values
+    whose items are objects (``{"data": [...]}``, metadata keys anywhere), or itself when it has none
+    (one record per file); JSON values one after another (JSON Lines) are read in turn. Invalid JSON
+    and non-UTF-8 bytes raise ``DataError`` with the line.
+    """
+    s = _JsonStream(f, name, encoding)
+
+    def array_items():
+        s.take("[")
+        if s.peek() == "]":
+            s.take("]")
+            return
+        while True:
+            where = f"{name}:{s.line_at(_WS.match(s.buf, s.pos).end())}"
+            yield s.value(), where
+            c = s.peek()
+            if c == "]":
+                s.take("]")
+                return
+            s.take(",")
+
+    while (c := s.peek()) != "":
+        if c == "[":
+            yield from array_items()
+        elif c == "{":
+            start = f"{name}:{s.line_at(_WS.match(s.buf, s.pos).end())}"
+            s.take("{")
+            scalars, streamed = {}, False
+            if s.peek() == "}":
+                s.take("}")
+            else:
+                while True:
+                    key = s.value()
+                    if not isinstance(key, str):
+                        raise s.error("object key is not a string")
+                    s.take(":")
+                    if s.peek() == "[" and s.peek(offset=_WS.match(s.buf, s.pos).end() - s.pos + 1) == "{":
+                        streamed = True
+                        yield from array_items()
+                    else:
+                        scalars[key] = s.value()
+                    c = s.peek()
+                    if c == "}":
+                        s.take("}")
+                        break
+                    s.take(",")
+            if not streamed:
+                yield scalars, start
+        else:
+            raise s.error("expected an object or a list at the top level")
