@@ -19,7 +19,6 @@ Launch:
 A single .json or .yaml argument file works in place of the flags.
 """
 
-import copy
 import json
 import logging
 import math
@@ -49,6 +48,7 @@ from common.data import (
     iter_parallel_jsonl,
     load_text_blocks,
 )
+from common.distributed import configure_deepspeed, full_parameters, process_group_kwargs, unpartitioned
 from common.demo import tiny_llama, train_demo_tokenizer
 from common.losses import info_nce
 from common.metrics import alignment_metrics
@@ -181,6 +181,7 @@ class ContrastiveModel(nn.Module):
     def __init__(self, lm: nn.Module, layers: list[int], args: Arguments, bos_token_id: int | None, mixture: LayerMixture | None):
         super().__init__()
         self.lm, self.layers, self.args, self.bos_token_id, self.mixture = lm, layers, args, bos_token_id, mixture
+        self.config = lm.config  # DeepSpeed's "auto" bucket sizes are read from model.config
 
     def combine(self, per_layer: torch.Tensor) -> torch.Tensor:
         return self.mixture(per_layer) if self.mixture is not None else per_layer[0]
@@ -255,10 +256,10 @@ def main(argv: list[str] | None = None):
     layers = check_args(args, num_layers)
 
     accelerator = Accelerator(
-        mixed_precision="bf16" if args.bf16 else "no",
+        mixed_precision="bf16" if args.bf16 else None,
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=args.output_dir,
-        kwargs_handlers=[ddp_kwargs(args)],
+        kwargs_handlers=[ddp_kwargs(args), *process_group_kwargs()],
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     set_seed(args.seed)
@@ -269,19 +270,26 @@ def main(argv: list[str] | None = None):
     if demo:
         texts = [row[side] for row in iter_parallel_jsonl(args.train_file) for side in ("ko", "en")]
         tokenizer = train_demo_tokenizer(texts)
-        lm = tiny_llama(len(tokenizer), num_layers=num_layers, seed=args.seed)
     else:
         tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-        lm = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
+
+    def load_model():  # the starting model; deterministic, so two calls give the same weights
+        if demo:
+            return tiny_llama(len(tokenizer), num_layers=num_layers, seed=args.seed)
+        return AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
+
+    lm = load_model()
     if tokenizer.pad_token is None:  # Llama tokenizers have none; padded positions are masked anyway
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     if args.gradient_checkpointing:
         lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     lm.config.use_cache = False
-    # The frozen English encoder is a copy of the STARTING model, taken before anything trains.
+    # The frozen English encoder: the starting model loaded a second time, whole on every process
+    # (not partitioned into the ZeRO-3 engine), without gradient, in eval mode, outside the optimizer.
     frozen_en = None
     if args.english_encoder == "frozen":
-        frozen_en = copy.deepcopy(lm).requires_grad_(False).eval()
+        with unpartitioned(accelerator):
+            frozen_en = load_model().requires_grad_(False).eval()
         frozen_en.to(accelerator.device, dtype=torch.bfloat16 if args.bf16 else None)
     trainable = select_trainable(lm, args.trainable)
     mixture = LayerMixture(layers, args.mix_temperature) if args.mix_layers else None
@@ -319,6 +327,7 @@ def main(argv: list[str] | None = None):
 
     # Prepare. The dataloaders are not prepared: they already yield this process's slice. The
     # scheduler is stepped once per optimizer step by us and checkpointed alongside.
+    configure_deepspeed(accelerator, args.per_device_train_batch_size, args.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
@@ -346,6 +355,11 @@ def main(argv: list[str] | None = None):
                                   config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
     logger.info("%d pairs, %d steps per epoch, %d steps, global batch %d over %d process(es)",
                 len(train_pairs), steps_per_epoch, max_steps, global_batch, world)
+
+    def layer_weights() -> list[float]:
+        mixture = accelerator.unwrap_model(model).mixture
+        with full_parameters(accelerator, [mixture.logits]), torch.no_grad():  # sharded under ZeRO-3
+            return mixture.weights().tolist()
 
     def write_log(record: dict, step: int) -> None:
         accelerator.log(record, step=step)
@@ -394,8 +408,7 @@ def main(argv: list[str] | None = None):
             if accelerator.device.type == "cuda":
                 logs["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             if mixture is not None:
-                weights = accelerator.unwrap_model(model).mixture.weights()
-                logs.update({f"layer_weight/{layer}": w.item() for layer, w in zip(layers, weights)})
+                logs.update({f"layer_weight/{layer}": w for layer, w in zip(layers, layer_weights())})
             write_log(logs, step)
             progress.set_postfix(cl_loss=f"{logs['cl_loss']:.4f}")
             logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
@@ -406,8 +419,7 @@ def main(argv: list[str] | None = None):
         if step % args.save_steps == 0 or step == max_steps:
             mixture_weights = {}
             if mixture is not None:  # the learned layer weights, readable without loading anything
-                weights = accelerator.unwrap_model(model).mixture.weights().tolist()
-                mixture_weights["layer_weights.json"] = json.dumps(dict(zip(map(str, layers), weights)), indent=2)
+                mixture_weights["layer_weights.json"] = json.dumps(dict(zip(map(str, layers), layer_weights())), indent=2)
             save_checkpoint(accelerator, model, tokenizer, args.output_dir, step, asdict(args),
                             args.save_total_limit, submodule="lm", extra_files=mixture_weights)
         if step % args.eval_steps == 0 or step % args.save_steps == 0:

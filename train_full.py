@@ -44,6 +44,7 @@ from common.data import (
     load_text_blocks,
     tokenize_instruction,
 )
+from common.distributed import configure_deepspeed, process_group_kwargs
 from common.demo import tiny_llama, train_demo_tokenizer
 from common.metrics import language_model_loss
 
@@ -92,6 +93,7 @@ class FullModel(nn.Module):
     def __init__(self, lm: nn.Module):
         super().__init__()
         self.lm = lm
+        self.config = lm.config  # DeepSpeed's "auto" bucket sizes are read from model.config
 
     def forward(self, input_ids, sft_input_ids=None, sft_attention_mask=None, sft_labels=None):
         text_loss = self.lm(input_ids=input_ids, labels=input_ids).loss
@@ -118,8 +120,9 @@ def main(argv: list[str] | None = None):
     n_ko = round(args.ko_ratio * args.per_device_train_batch_size) if args.en_train_file else args.per_device_train_batch_size
     n_en = args.per_device_train_batch_size - n_ko
 
-    accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else "no",
-                              log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir)
+    accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else None,
+                              log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir,
+                              kwargs_handlers=process_group_kwargs())
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     set_seed(args.seed)
@@ -173,6 +176,7 @@ def main(argv: list[str] | None = None):
                                   lr=args.learning_rate, fused=accelerator.device.type == "cuda")
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=int(args.warmup_ratio * max_steps),
                               num_training_steps=max_steps)
+    configure_deepspeed(accelerator, args.per_device_train_batch_size, args.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 

@@ -33,6 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 from common.args import parse_arguments
 from common.checkpoint import find_checkpoint, save_checkpoint
 from common.data import LengthGroupedBatchSampler, ShardedBatches, iter_mono_texts, load_text_blocks
+from common.distributed import configure_deepspeed, process_group_kwargs
 from common.demo import tiny_llama, train_demo_tokenizer
 from common.metrics import language_model_loss
 
@@ -80,8 +81,9 @@ def main(argv: list[str] | None = None):
     if demo and args.max_steps <= 0:
         args.max_steps = 200
 
-    accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else "no",
-                              log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir)
+    accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else None,
+                              log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir,
+                              kwargs_handlers=process_group_kwargs())
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     set_seed(args.seed)
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None):
                                   fused=accelerator.device.type == "cuda")
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=int(args.warmup_ratio * max_steps),
                               num_training_steps=max_steps)
+    configure_deepspeed(accelerator, args.per_device_train_batch_size, args.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 

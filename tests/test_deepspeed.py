@@ -1,0 +1,140 @@
+"""The trainers under DeepSpeed ZeRO-2 / ZeRO-3 (2 CPU processes, gloo) against one process on the same
+global batch (which tests/test_distributed.py and tests/test_train_stages.py tie to plain DDP), and the
+shipped DeepSpeed and accelerate configs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DeepSpeedPlugin
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import train_contrastive
+import train_full
+import train_lm_head
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "ds_configs"
+
+
+def launch(tmp_path, name, script, args, zero):
+    """Run ``script`` on 2 CPU processes under DeepSpeed ZeRO ``zero`` (2 or 3); return (output dir, log)."""
+    out = tmp_path / name
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           # the DeepSpeed op compiled at first use is cached here, once per checkout
+           "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions")}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed",
+           "--deepspeed_config_file", str(CONFIGS / f"zero{zero}.json"), "--zero3_init_flag", "true" if zero == 3 else "false",
+           "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no",
+           str(ROOT / script), *args, "--output_dir", str(out), "--report_to", "none", "--logging_steps", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "over 2 process(es)" in proc.stderr
+    return out, read_log(out)
+
+
+def one_process(tmp_path, name, module, args):
+    """The same run in this process with twice the per-process batch: the same global batches."""
+    out = tmp_path / name
+    args = list(args)
+    i = args.index("--per_device_train_batch_size") + 1
+    args[i] = str(2 * int(args[i]))
+    AcceleratorState._reset_state(True)
+    PartialState._reset_state()
+    module.main([*args, "--output_dir", str(out), "--report_to", "none", "--logging_steps", "1"])
+    return out, read_log(out)
+
+
+def read_log(out):
+    return [json.loads(line) for line in (Path(out) / "log.jsonl").read_text().splitlines()]
+
+
+def losses(log, key):
+    return {r["step"]: r[key] for r in log if key in r}
+
+
+STAGE1 = ["--max_steps", "4", "--save_steps", "2", "--eval_steps", "2", "--per_device_train_batch_size", "8", "--warmup_ratio", "0.25"]
+
+
+def assert_same_run(out, log, ref_out, ref_log, key, step):
+    ours, ref = losses(log, key), losses(ref_log, key)
+    assert sorted(ours) == sorted(ref) and ours
+    for s in ours:  # fp32; only the order of the gradient reductions differs
+        assert ours[s] == pytest.approx(ref[s], rel=1e-4), s
+    model = AutoModelForCausalLM.from_pretrained(out / f"checkpoint-{step}")  # the exported folder loads
+    ref_weights = load_file(str(ref_out / f"checkpoint-{step}" / "model.safetensors"))
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, ref_weights[name], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("zero, extra", [(2, []), (3, ["--english_encoder", "frozen", "--mix_layers", "1-3"])])
+def test_stage1_under_zero_matches_one_process(tmp_path, zero, extra):
+    out, log = launch(tmp_path, f"zero{zero}", "train_contrastive.py", STAGE1 + extra, zero=zero)
+    ref_out, ref_log = one_process(tmp_path, "one", train_contrastive, STAGE1 + extra)
+    assert_same_run(out, log, ref_out, ref_log, "cl_loss", 4)
+    assert losses(log, "eval/gap")[4] == pytest.approx(losses(ref_log, "eval/gap")[4], rel=1e-3, abs=1e-4)
+    if "--mix_layers" in extra:
+        w, w_ref = (json.loads((d / "checkpoint-4" / "layer_weights.json").read_text()) for d in (out, ref_out))
+        assert w == pytest.approx(w_ref, rel=1e-4)
+        assert losses(log, "layer_weight/2") == pytest.approx(losses(ref_log, "layer_weight/2"), rel=1e-4)
+    if zero == 2:  # resume under ZeRO-2 from step 2 reproduces steps 3-4
+        _, resumed = launch(tmp_path, "resumed", "train_contrastive.py",
+                            STAGE1 + ["--resume_from_checkpoint", str(out / "checkpoint-2")], zero=2)
+        a, b = losses(log, "cl_loss"), losses(resumed, "cl_loss")
+        assert sorted(b) == [3, 4]
+        for step in b:
+            assert b[step] == pytest.approx(a[step], rel=1e-6), step
+
+
+@pytest.mark.parametrize("zero", [2, 3])
+@pytest.mark.parametrize("script, module", [("train_lm_head.py", train_lm_head), ("train_full.py", train_full)])
+def test_stages_2_and_3_under_zero_match_one_process(tmp_path, script, module, zero):
+    args = ["--max_steps", "3", "--save_steps", "3", "--eval_steps", "3", "--per_device_train_batch_size", "2", "--warmup_ratio", "0.34"]
+    out, log = launch(tmp_path, "zero", script, args, zero=zero)
+    ref_out, ref_log = one_process(tmp_path, "one", module, args)
+    assert_same_run(out, log, ref_out, ref_log, "loss", 3)
+
+
+def leftover_autos(node, path=""):
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in leftover_autos(v, f"{path}.{k}" if path else k)]
+    return [path] if node == "auto" else []
+
+
+@pytest.mark.parametrize("name", ["zero2.json", "zero3.json", "zero3_offload.json"])
+def test_deepspeed_configs_validate_with_every_auto_filled(name):
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    plugin = DeepSpeedPlugin(hf_ds_config=str(CONFIGS / name))
+    hidden = 2048
+    # what accelerate fills from the model and the scripts (configure_deepspeed) at prepare time
+    plugin.deepspeed_config_process(must_match=False, **{
+        "train_micro_batch_size_per_gpu": 64, "gradient_accumulation_steps": 1, "train_batch_size": 64,  # DeepSpeedConfig checks it against a world of 1 here
+        "gradient_clipping": 1.0, "bf16.enabled": True,
+        "zero_optimization.reduce_bucket_size": hidden * hidden,
+        "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+        "zero_optimization.stage3_param_persistence_threshold": 10 * hidden,
+    })
+    config = plugin.deepspeed_config
+    assert leftover_autos(config) == []
+    ds = DeepSpeedConfig(config)
+    assert ds.zero_optimization_stage == int(name[4])
+    assert ds.bfloat16_config.enabled
+    if name.startswith("zero3"):
+        assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+def test_accelerate_configs_point_at_existing_deepspeed_files():
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        config = yaml.safe_load(path.read_text())
+        assert config["num_processes"] >= config["num_machines"] >= 1, path.name
+        if config["distributed_type"] == "DEEPSPEED":
+            assert (ROOT / config["deepspeed_config"]["deepspeed_config_file"]).is_file(), path.name
+            assert "mixed_precision" not in config, path.name  # the JSON's bf16 "auto" follows --bf16
