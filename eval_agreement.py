@@ -1,0 +1,744 @@
+"""Evaluate checkpoints on paired English/Korean multiple-choice tasks through lm-eval, and measure
+per layer how well Korean and English sentence representations align.
+
+For every model and every task pair (default: arc_challenge / ko_arc_challenge):
+accuracy in each language (``acc``: argmax of the per-choice log-likelihoods; ``acc_norm``: argmax
+of log-likelihood / number of characters of the choice), agreement (share of items with the same
+predicted choice in both languages), Cohen's kappa of the two predictions, the 2x2 table of
+correctness (both right / only EN right / only KO right / both wrong) and the agreement among the
+items answered right in English. The log-likelihoods come from lm-eval (``simple_evaluate`` with
+``log_samples``); this script only reads them, joins the two languages by document id and counts.
+On a parallel file, for every layer 0..N (0 = embeddings, L = output of decoder layer L, N = the last
+decoder layer BEFORE the final norm, as in training, see common/pooling.py): parallel and
+random-pair cosine, their gap, mean-centred cosine, retrieval P@1 ko->en and en->ko.
+
+Commands:
+    python eval_agreement.py runs/stage1/checkpoint-200 runs/stage1/checkpoint-400 \\
+        --baseline /models/Sheared-LLaMA-1.3B-ShareGPT /models/polyglot-ko-1.3b \\
+        --en_data ../shared/data/arc_challenge_en_ko/ai2_arc-ARC-Challenge-test.jsonl \\
+        --ko_data ../shared/data/arc_challenge_en_ko/ko_ai2_arc-ARC-Challenge-test.jsonl \\
+        --parallel_file data/parallel/validation.jsonl --output_dir runs/eval
+    python eval_agreement.py CKPT --en_data EN.jsonl --ko_data KO.jsonl --limit 50 --output_dir /tmp/quick
+    python eval_agreement.py CKPT --pair my_en_task:my_ko_task --include_path my_tasks/ --output_dir DIR
+    python eval_agreement.py CKPT --skip_tasks --parallel_file pairs.jsonl --output_dir DIR   # layers only
+    lm_eval --model hf --model_args pretrained=CKPT --include_path tasks --tasks arc_challenge,ko_arc_challenge  # same YAMLs
+
+Checkpoints come first (positional) or through ``--models``; ``--help`` documents every option and a
+single .json/.yaml argument file works in place of the flags.
+
+Writes to --output_dir: results.json ``{model: {pair: {...}, "layers": [...], "best_layer": L}}``,
+results.md (one table, models in the order given), ``<model>/<pair>.items.jsonl`` (one line per item:
+id, gold, pred_en, pred_ko, pred_norm_en, pred_norm_ko, loglik_en, loglik_ko), eval_args.json, and
+PNG plots (accuracy/agreement against checkpoint step when the names carry one; retrieval per layer).
+"""
+
+import gc
+import json
+import logging
+import math
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+from common.data import DataError, iter_parallel_jsonl
+from common.metrics import alignment_metrics
+from common.pooling import decoder_hidden_states, pool, pooling_mask
+
+logger = logging.getLogger("eval_agreement")
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+DEFAULT_PAIR = "arc_challenge:ko_arc_challenge"
+
+
+class EvalError(Exception):
+    """Bad input (files, checkpoints, task pairs): the message says what and where."""
+
+
+@dataclass
+class Arguments:
+    models: list[str] = field(default_factory=list, metadata={"help": "Checkpoint folders (save_pretrained: config, weights, tokenizer). Usually given positionally, before any option: `eval_agreement.py CKPT [CKPT ...] --output_dir DIR`."})
+    baseline: list[str] = field(default_factory=list, metadata={"help": "Baseline models: Hugging Face causal LM folders (Llama, GPT-NeoX, ...) or hub ids where the machine is online. Listed after the checkpoints."})
+    output_dir: str = field(default="runs/eval", metadata={"help": "Where results.json, results.md, the per-item files and the plots go."})
+    # tasks
+    pair: list[str] = field(default_factory=lambda: [DEFAULT_PAIR], metadata={"help": "Paired tasks 'EN_TASK:KO_TASK' (lm-eval multiple_choice tasks whose docs share an id field). Several allowed."})
+    include_path: list[str] = field(default_factory=list, metadata={"help": "Extra folders of lm-eval task YAMLs (the project's tasks/ is always included)."})
+    en_data: str | None = field(default=None, metadata={"help": "ARC-format JSONL (id, question, choices {text, label}, answerKey) that replaces the English task's dataset. Unset: the dataset named in the YAML (hub: online machines only)."})
+    ko_data: str | None = field(default=None, metadata={"help": "Korean counterpart of --en_data, joined to it by id."})
+    id_field: str = field(default="id", metadata={"help": "Document field that joins the English and Korean items; 'doc_id' joins by position instead."})
+    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N English items (and the Korean items with the same ids). The whole files are still checked to pair up."})
+    batch_size: int = field(default=32, metadata={"help": "Log-likelihood requests per forward pass (lm-eval sorts them by length, so padding is small). On CPU, 8 was faster than 32 (bench/bench_eval.py)."})
+    max_length: int | None = field(default=None, metadata={"help": "Context window for lm-eval (longer requests are cut from the left). Unset: the model's max_position_embeddings."})
+    skip_tasks: bool = field(default=False, metadata={"help": "Skip the paired tasks (representation metrics only)."})
+    # representation
+    parallel_file: str | None = field(default=None, metadata={"help": "Parallel JSONL {\"ko\", \"en\"} for the per-layer alignment metrics. Unset: no representation metrics."})
+    max_pairs: int = field(default=1000, metadata={"help": "Use the first N pairs of --parallel_file (retrieval is among these N, chance = 1/N)."})
+    pooling: str = field(default="mean", metadata={"help": "As in training: 'mean' over real tokens, or 'last' real token."})
+    include_bos: bool = field(default=False, metadata={"help": "Include BOS in mean pooling (excluded by default, as in training)."})
+    max_seq_length: int = field(default=128, metadata={"help": "Parallel sentences are truncated to this many tokens (BOS included), as in training."})
+    rep_batch_size: int = field(default=64, metadata={"help": "Sentences per forward pass for the representation metrics."})
+    report_layer: str = field(default="middle", metadata={"help": "Layer whose gap and retrieval go into results.md: an integer, 'middle' (N // 2, the training default) or 'best' (each model's best layer)."})
+    # runtime
+    device: str = field(default="auto", metadata={"help": "'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."})
+    dtype: str = field(default="auto", metadata={"help": "'auto' (bfloat16 on CUDA with bf16 support, else float32), 'float32', 'bfloat16' or 'float16'."})
+    seed: int = field(default=1234, metadata={"help": "Seed handed to lm-eval (the metrics themselves are deterministic)."})
+    plots: bool = field(default=True, metadata={"help": "Write PNG plots (needs matplotlib); --no_plots skips them."})
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def parse_args(argv: list[str] | None) -> Arguments:
+    """Leading non-option arguments are checkpoints; a single .json/.yaml argument is an argument file."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(Arguments, usage="eval_agreement.py CKPT [CKPT ...] [--baseline MODEL ...] --output_dir DIR [options]",
+                              description="EN/KO agreement on paired lm-eval tasks and per-layer alignment metrics (see the module docstring).")
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")) and os.path.isfile(argv[0]):
+        if argv[0].endswith(".json"):
+            (args,) = parser.parse_json_file(argv[0])
+        else:
+            (args,) = parser.parse_yaml_file(argv[0])
+        return args
+    lead = []
+    while argv and not argv[0].startswith("-"):
+        lead.append(argv.pop(0))
+    args, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    unknown = [r for r in rest if r.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.models = lead + list(args.models) + rest
+    return args
+
+
+def check_args(args: Arguments) -> None:
+    if not args.models and not args.baseline:
+        raise EvalError("no model given: eval_agreement.py CKPT [CKPT ...] [--baseline MODEL ...] --output_dir DIR")
+    if args.skip_tasks and not args.parallel_file:
+        raise EvalError("--skip_tasks without --parallel_file leaves nothing to evaluate")
+    if args.pooling not in ("mean", "last"):
+        raise EvalError(f"--pooling must be 'mean' or 'last', got {args.pooling!r}")
+    if args.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise EvalError(f"--dtype must be auto, float32, bfloat16 or float16, got {args.dtype!r}")
+    if not (args.report_layer in ("middle", "best") or re.fullmatch(r"\d+", args.report_layer)):
+        raise EvalError(f"--report_layer must be an integer, 'middle' or 'best', got {args.report_layer!r}")
+    if args.limit is not None and args.limit < 1:
+        raise EvalError(f"--limit must be >= 1, got {args.limit}")
+    if args.max_pairs < 2:
+        raise EvalError(f"--max_pairs must be >= 2 (retrieval needs candidates), got {args.max_pairs}")
+    if (args.en_data is None) != (args.ko_data is None):
+        raise EvalError("give both --en_data and --ko_data, or neither")
+    if args.en_data and not args.skip_tasks and len(args.pair) != 1:
+        raise EvalError("--en_data/--ko_data replace the data of a single pair; for several pairs, put the data files in the task YAMLs (--include_path)")
+    for name in ("en_data", "ko_data", "parallel_file"):
+        path = getattr(args, name)
+        if path and not os.path.isfile(path):
+            raise EvalError(f"--{name} {path}: no such file")
+    for p in args.include_path:
+        if not os.path.isdir(p):
+            raise EvalError(f"--include_path {p}: no such folder")
+    for p in args.pair:
+        if p.count(":") != 1 or not all(p.split(":")):
+            raise EvalError(f"--pair must be EN_TASK:KO_TASK, got {p!r}")
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def looks_like_hub_id(name: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name)) and not name.startswith((".", "/"))
+
+
+def resolve_models(args: Arguments) -> list[dict]:
+    """[{label, source, role}] in the order given; every problem is reported at once, before any loading.
+
+    A label is the folder's name, extended with its parents' names until all labels are distinct.
+    """
+    entries, problems = [], []
+    for role, names in (("checkpoint", args.models), ("baseline", args.baseline)):
+        for name in names:
+            if os.path.isdir(name):
+                if not os.path.isfile(os.path.join(name, "config.json")):
+                    problems.append(f"{name}: folder has no config.json (not a save_pretrained model folder)")
+                entries.append({"source": os.path.abspath(name), "role": role, "local": True})
+            elif role == "baseline" and looks_like_hub_id(name):
+                entries.append({"source": name, "role": role, "local": False})
+            else:
+                problems.append(f"{name}: no such {'checkpoint folder' if role == 'checkpoint' else 'model folder (nor a hub id org/name)'}")
+    if problems:
+        total = len(args.models) + len(args.baseline)
+        raise EvalError(f"{len(problems)} of {total} models cannot be used:\n  " + "\n  ".join(problems))
+    parts = [Path(e["source"]).parts if e["local"] else tuple(e["source"].split("/")) for e in entries]
+    depth = [1] * len(entries)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clash = [i for i, lab in enumerate(labels) if labels.count(lab) > 1]
+        if not clash:
+            break
+        if all(depth[i] >= len(parts[i]) for i in clash):
+            raise EvalError(f"the same model is given twice: {', '.join(sorted({labels[i] for i in clash}))}")
+        for i in clash:
+            depth[i] = min(depth[i] + 1, len(parts[i]))
+    for e, label in zip(entries, labels):
+        e["label"] = label
+    return entries
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, spec)
+
+
+def load_model(entry: dict, device: torch.device, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(entry["source"])
+        model = AutoModelForCausalLM.from_pretrained(entry["source"], dtype=dtype)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EvalError(f"{entry['source']}: cannot load a causal LM with its tokenizer ({first})") from None
+    if tokenizer.pad_token is None:  # batching needs one; the masks keep it out of every number
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return model.to(device).eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def absolutise_data_files(cfg: dict, yaml_path: str | None) -> None:
+    """lm-eval resolves relative ``data_files`` against the current directory; here a relative path is
+    taken from the YAML's folder when the file is there, else from the current directory (what the
+    lm_eval command line does), and made absolute so that nothing depends on where we run."""
+    kwargs = cfg.get("dataset_kwargs") or {}
+    files = kwargs.get("data_files")
+    if not files:
+        return
+
+    def fix(p: str) -> str:
+        if os.path.isabs(p) or "://" in p:
+            return p
+        candidates = ([os.path.join(os.path.dirname(yaml_path), p)] if yaml_path else []) + [os.path.abspath(p)]
+        for c in candidates:
+            if os.path.exists(c):
+                return os.path.abspath(c)
+        raise EvalError(f"task {cfg.get('task')}: data file {p!r} not found (looked at {', '.join(candidates)})")
+
+    if isinstance(files, str):
+        kwargs["data_files"] = fix(files)
+    elif isinstance(files, list):
+        kwargs["data_files"] = [fix(p) for p in files]
+    elif isinstance(files, dict):
+        kwargs["data_files"] = {k: ([fix(p) for p in v] if isinstance(v, list) else fix(v)) for k, v in files.items()}
+
+
+def task_config(task_manager, name: str, data_file: str | None) -> dict | str:
+    """The task's YAML config as a dict (includes and !function resolved), its data files made absolute,
+    its dataset replaced by ``data_file`` (an ARC-format JSONL, split 'test') when given."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    entry = task_manager.task_index.get(name)
+    if entry is None:
+        known = ", ".join(task_manager.all_subtasks[:20]) or "none"
+        raise EvalError(f"unknown task {name!r}; tasks found in {[str(TASKS_DIR)] + [str(p) for p in task_manager.include_path[1:]]}: {known}")
+    if entry.yaml_path is None:
+        if data_file:
+            raise EvalError(f"task {name} has no YAML config, so its data cannot be replaced")
+        return name
+    cfg = load_yaml(str(entry.yaml_path), resolve_func=True)
+    for key in ("tag", "group", "task_list"):
+        cfg.pop(key, None)
+    if cfg.get("output_type") != "multiple_choice":
+        raise EvalError(f"task {name} has output_type {cfg.get('output_type')!r}; pairs need multiple_choice tasks")
+    if data_file:
+        cfg.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": {"test": os.path.abspath(data_file)}},
+                   test_split="test", training_split=None, validation_split=None, fewshot_split=None)
+        if cfg.get("num_fewshot"):
+            raise EvalError(f"task {name} asks for {cfg['num_fewshot']}-shot prompts, which need a training split that --en_data/--ko_data do not give")
+    else:
+        absolutise_data_files(cfg, str(entry.yaml_path))
+    return cfg
+
+
+def load_task(task_manager, spec, where: str, hint: str = ""):
+    """Build the lm-eval Task (this reads its dataset)."""
+    try:
+        loaded = task_manager.load([spec])["tasks"]
+    except Exception as e:  # datasets / lm-eval wrap the cause in many types; say which task and file
+        cause = e
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise EvalError(f"cannot load task {where}: {type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}{hint}") from None
+    return next(iter(loaded.values()))
+
+
+def task_items(task, id_field: str, where: str) -> list[dict]:
+    """[{id, gold, choices}] of the task's evaluation docs, in order."""
+    items, missing = [], 0
+    for i, doc in enumerate(task.eval_docs):
+        if id_field == "doc_id":
+            doc_id = i
+        elif id_field in doc:
+            doc_id = doc[id_field]
+        else:
+            missing += 1
+            continue
+        choices = task.doc_to_choice(doc)
+        gold = task.doc_to_target(doc)
+        if isinstance(gold, str):
+            gold = choices.index(gold) if gold in choices else -1
+        if isinstance(gold, list) or not 0 <= gold < len(choices):
+            raise EvalError(f"{where}: item {doc_id!r} has gold {gold!r}; a single gold index within its {len(choices)} choices is required")
+        items.append({"id": doc_id, "gold": int(gold), "choices": list(choices)})
+    if missing:
+        raise EvalError(f"{where}: {missing} of {missing + len(items)} docs have no field {id_field!r} to join on (--id_field doc_id joins by position)")
+    return items
+
+
+def pair_items(en: list[dict], ko: list[dict], en_where: str, ko_where: str, show: int = 5) -> dict:
+    """Check that the two tasks hold the same items; return {id: ko position}. Errors list counts and first mismatches."""
+    problems = []
+    for items, where in ((en, en_where), (ko, ko_where)):
+        seen, dups = set(), []
+        for it in items:
+            if it["id"] in seen:
+                dups.append(it["id"])
+            seen.add(it["id"])
+        if dups:
+            problems.append(f"{len(dups)} duplicate ids in {where} (first: {dups[:show]})")
+    ko_pos = {it["id"]: i for i, it in enumerate(ko)}
+    en_ids = {it["id"] for it in en}
+    only_en = [it["id"] for it in en if it["id"] not in ko_pos]
+    only_ko = [it["id"] for it in ko if it["id"] not in en_ids]
+    if only_en:
+        problems.append(f"{len(only_en)} ids only in {en_where} (first: {only_en[:show]})")
+    if only_ko:
+        problems.append(f"{len(only_ko)} ids only in {ko_where} (first: {only_ko[:show]})")
+    n_choice, gold = [], []
+    for it in en:
+        j = ko_pos.get(it["id"])
+        if j is None:
+            continue
+        if len(it["choices"]) != len(ko[j]["choices"]):
+            n_choice.append(f"{it['id']}: {len(it['choices'])} vs {len(ko[j]['choices'])}")
+        elif it["gold"] != ko[j]["gold"]:
+            gold.append(f"{it['id']}: {it['gold']} vs {ko[j]['gold']}")
+    if n_choice:
+        problems.append(f"{len(n_choice)} ids with a different number of choices (EN vs KO; first: {n_choice[:show]})")
+    if gold:
+        problems.append(f"{len(gold)} ids with a different gold answer index (EN vs KO; first: {gold[:show]})")
+    if problems:
+        raise EvalError(f"{en_where} ({len(en)} items) and {ko_where} ({len(ko)} items) do not pair up:\n  " + "\n  ".join(problems))
+    return ko_pos
+
+
+def prepare_pairs(args: Arguments) -> list[dict]:
+    """Load and cross-check every pair's tasks once, before any model is loaded."""
+    from lm_eval.tasks import TaskManager
+
+    task_manager = TaskManager(include_path=[str(TASKS_DIR)] + [os.path.abspath(p) for p in args.include_path], include_defaults=False)
+    pairs = []
+    for spec in args.pair:
+        en_name, ko_name = spec.split(":")
+        en_where = f"{en_name} ({args.en_data})" if args.en_data else en_name
+        ko_where = f"{ko_name} ({args.ko_data})" if args.ko_data else ko_name
+        hint = "" if args.en_data else " (without --en_data/--ko_data the YAML's dataset is read, from the hub unless it names local files)"
+        en_task = load_task(task_manager, task_config(task_manager, en_name, args.en_data), en_where, hint)
+        ko_task = load_task(task_manager, task_config(task_manager, ko_name, args.ko_data), ko_where, hint)
+        en_items = task_items(en_task, args.id_field, en_where)
+        ko_items = task_items(ko_task, args.id_field, ko_where)
+        ko_pos = pair_items(en_items, ko_items, en_where, ko_where)
+        en_idx = list(range(len(en_items)))[: args.limit]
+        ko_idx = [ko_pos[en_items[i]["id"]] for i in en_idx]
+        pairs.append({
+            "name": f"{en_name}__{ko_name}", "en": en_name, "ko": ko_name, "en_task": en_task, "ko_task": ko_task,
+            "en_items": en_items, "ko_items": ko_items, "en_idx": en_idx, "ko_idx": ko_idx, "task_manager": task_manager, "id_field": args.id_field,
+        })
+    return pairs
+
+
+# ----------------------------------------------------------------------------- agreement
+
+
+def cohen_kappa(a, b) -> float | None:
+    """Cohen's kappa of two labelings of the same items: (p_o - p_e) / (1 - p_e), with p_o the observed
+    agreement and p_e = sum_k p_a(k) p_b(k) the agreement expected from the two marginals.
+    None when p_e = 1 (both always give the same single label: kappa is undefined)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"need two label lists of the same non-zero length, got {a.size} and {b.size}")
+    labels = np.union1d(a, b)
+    p_o = float(np.mean(a == b))
+    p_e = float(sum(np.mean(a == k) * np.mean(b == k) for k in labels))
+    if math.isclose(p_e, 1.0):
+        return None
+    return (p_o - p_e) / (1 - p_e)
+
+
+def agreement_stats(gold, pred_en, pred_ko) -> dict:
+    """Accuracy per language, agreement of the predicted choices, Cohen's kappa, the 2x2 table of
+    correctness and the agreement among the items answered right in English."""
+    gold, pred_en, pred_ko = (np.asarray(x) for x in (gold, pred_en, pred_ko))
+    right_en, right_ko = pred_en == gold, pred_ko == gold
+    n_en_right = int(right_en.sum())
+    return {
+        "n": int(gold.size),
+        "acc_en": float(right_en.mean()),
+        "acc_ko": float(right_ko.mean()),
+        "agreement": float(np.mean(pred_en == pred_ko)),
+        "kappa": cohen_kappa(pred_en, pred_ko),
+        "table": {
+            "both_right": int((right_en & right_ko).sum()),
+            "only_en_right": int((right_en & ~right_ko).sum()),
+            "only_ko_right": int((~right_en & right_ko).sum()),
+            "both_wrong": int((~right_en & ~right_ko).sum()),
+        },
+        "agreement_en_right": float(np.mean(pred_ko[right_en] == pred_en[right_en])) if n_en_right else None,
+    }
+
+
+def predictions(lls: list[float], choices: list[str]) -> tuple[int, int]:
+    """(acc prediction, acc_norm prediction), exactly as lm-eval's multiple_choice: argmax of the
+    log-likelihoods, and of log-likelihood / len(choice) in characters; ties go to the first choice."""
+    lls_arr = np.asarray(lls, dtype=np.float64)
+    lengths = np.asarray([float(len(c)) for c in choices])
+    return int(np.argmax(lls_arr)), int(np.argmax(lls_arr / lengths))
+
+
+def evaluate_pair(lm, pair: dict, seed: int) -> tuple[dict, list[dict]]:
+    """Run both tasks of a pair through lm-eval and join the per-item results by id."""
+    from lm_eval import simple_evaluate
+
+    en, ko = pair["en"], pair["ko"]
+    whole = len(pair["en_idx"]) == len(pair["en_items"])
+    out = simple_evaluate(
+        model=lm, tasks=[pair["en_task"], pair["ko_task"]], task_manager=pair["task_manager"],
+        # sorted: lm-eval 0.4.13 labels the k-th selected doc (in file order) with samples[k], so an
+        # unsorted list would attach the wrong doc_id to a sample
+        samples=None if whole else {en: sorted(pair["en_idx"]), ko: sorted(pair["ko_idx"])}, log_samples=True, bootstrap_iters=0,
+        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+    )
+    per_lang = {}
+    for lang, task, items in (("en", en, pair["en_items"]), ("ko", ko, pair["ko_items"])):
+        by_doc = {}
+        for s in out["samples"][task]:
+            lls = [float(r[0]) for r in s["filtered_resps"]]
+            position = s["doc_id"]  # the doc's position in the task's evaluation split
+            item = items[position]
+            if pair["id_field"] != "doc_id" and s["doc"].get(pair["id_field"]) != item["id"]:
+                raise RuntimeError(f"{task}: lm-eval's doc {s['doc_id']} is not item {item['id']!r}")
+            if len(lls) != len(item["choices"]):
+                raise RuntimeError(f"{task} doc {s['doc_id']}: {len(lls)} log-likelihoods for {len(item['choices'])} choices")
+            pred, pred_norm = predictions(lls, item["choices"])
+            # our reading of the samples must reproduce lm-eval's own per-item scores
+            if ("acc" in s and s["acc"] != float(pred == item["gold"])) or ("acc_norm" in s and s["acc_norm"] != float(pred_norm == item["gold"])):
+                raise RuntimeError(f"{task} doc {s['doc_id']}: predictions disagree with lm-eval's acc/acc_norm")
+            by_doc[position] = {"lls": lls, "pred": pred, "pred_norm": pred_norm}
+        per_lang[lang] = by_doc
+    rows = []
+    for i, j in zip(pair["en_idx"], pair["ko_idx"]):
+        e, k = per_lang["en"][i], per_lang["ko"][j]
+        rows.append({
+            "id": pair["en_items"][i]["id"], "gold": pair["en_items"][i]["gold"],
+            "pred_en": e["pred"], "pred_ko": k["pred"], "pred_norm_en": e["pred_norm"], "pred_norm_ko": k["pred_norm"],
+            "loglik_en": e["lls"], "loglik_ko": k["lls"],
+        })
+    gold = [r["gold"] for r in rows]
+    acc = agreement_stats(gold, [r["pred_en"] for r in rows], [r["pred_ko"] for r in rows])
+    norm = agreement_stats(gold, [r["pred_norm_en"] for r in rows], [r["pred_norm_ko"] for r in rows])
+    result = {
+        "en_task": en, "ko_task": ko, "n_items": acc["n"],
+        "acc_en": acc["acc_en"], "acc_ko": acc["acc_ko"], "acc_norm_en": norm["acc_en"], "acc_norm_ko": norm["acc_ko"],
+        "agreement": acc["agreement"], "kappa": acc["kappa"], "table": acc["table"], "agreement_en_right": acc["agreement_en_right"],
+        "agreement_norm": norm["agreement"], "kappa_norm": norm["kappa"], "table_norm": norm["table"],
+        "agreement_norm_en_right": norm["agreement_en_right"],
+        "lm_eval": {f"{m}_{lang}": out["results"][t].get(f"{m},none") for lang, t in (("en", en), ("ko", ko)) for m in ("acc", "acc_norm")},
+    }
+    return result, rows
+
+
+# ----------------------------------------------------------------------------- representation
+
+
+def find_decoder_layers(model) -> torch.nn.ModuleList:
+    """The ModuleList of decoder layers: the first one whose length is the number of hidden layers."""
+    n = getattr(model.config.get_text_config(), "num_hidden_layers", None)
+    for _, module in model.base_model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise EvalError(f"{type(model).__name__}: cannot find its {n} decoder layers for the representation metrics")
+
+
+def all_layer_states(model, input_ids, attention_mask, generic: bool = False) -> list[torch.Tensor]:
+    """Hidden states of layers 0..N (N = last decoder layer's output BEFORE the final norm).
+
+    Llama-family models go through ``common.pooling.decoder_hidden_states``, the forward training
+    pools from. Others (GPT-NeoX, GPT-2, ...) through the base model with ``output_hidden_states``,
+    whose last entry (after the final norm) is replaced by the last decoder layer's own output,
+    captured by a forward hook. ``generic=True`` takes the second way for any model (tests compare the two).
+    """
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    if not generic and all(hasattr(decoder, n) for n in ("embed_tokens", "rotary_emb", "layers")):
+        return decoder_hidden_states(model, input_ids, attention_mask, upto=len(decoder.layers))
+    last = find_decoder_layers(model)[-1]
+    captured = {}
+    handle = last.register_forward_hook(lambda mod, inp, out: captured.__setitem__("h", out[0] if isinstance(out, tuple) else out))
+    try:
+        out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    finally:
+        handle.remove()
+    return list(out.hidden_states[:-1]) + [captured["h"]]
+
+
+@torch.no_grad()
+def encode_layers(model, tokenizer, texts: list[str], args: Arguments, device) -> torch.Tensor:
+    """(N + 1, len(texts), D) float32: the pooled vector of every text at every layer."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths together: little padding
+    out = [None] * len(texts)
+    saved_side, tokenizer.padding_side = tokenizer.padding_side, "right"
+    for start in range(0, len(order), args.rep_batch_size):
+        idx = order[start : start + args.rep_batch_size]
+        enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=args.max_seq_length, return_tensors="pt").to(device)
+        states = all_layer_states(model, enc["input_ids"], enc["attention_mask"])
+        mask = pooling_mask(enc["input_ids"], enc["attention_mask"], tokenizer.bos_token_id, exclude_bos=not args.include_bos)
+        pooled = torch.stack([pool(h, mask, args.pooling).float() for h in states], dim=1).cpu()  # (B, N+1, D)
+        for row, i in enumerate(idx):
+            out[i] = pooled[row]
+    tokenizer.padding_side = saved_side
+    return torch.stack(out, dim=1)
+
+
+def read_pairs(path: str, max_pairs: int) -> tuple[list[str], list[str]]:
+    ko, en = [], []
+    try:
+        for row in iter_parallel_jsonl(path):
+            ko.append(row["ko"])
+            en.append(row["en"])
+            if len(ko) >= max_pairs:
+                break
+    except DataError as e:
+        raise EvalError(str(e)) from None
+    if len(ko) < 2:
+        raise EvalError(f"{path}: {len(ko)} pairs; the retrieval metrics need at least 2")
+    return ko, en
+
+
+def layer_metrics(model, tokenizer, ko: list[str], en: list[str], args: Arguments, device) -> list[dict]:
+    ko_vecs = encode_layers(model, tokenizer, ko, args, device)
+    en_vecs = encode_layers(model, tokenizer, en, args, device)
+    return [{"layer": layer, **alignment_metrics(ko_vecs[layer], en_vecs[layer])} for layer in range(ko_vecs.shape[0])]
+
+
+def best_layer(layers: list[dict]) -> int:
+    """The layer with the highest mean retrieval (ko->en, en->ko), ties broken by the larger gap."""
+    return max(layers, key=lambda m: ((m["retrieval_ko_en"] + m["retrieval_en_ko"]) / 2, m["gap"]))["layer"]
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def fmt(x, digits=4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def report_layer_of(result: dict, spec: str) -> int | None:
+    layers = result.get("layers")
+    if not layers:
+        return None
+    if spec == "best":
+        return result["best_layer"]
+    if spec == "middle":
+        return (len(layers) - 1) // 2
+    return min(int(spec), len(layers) - 1)
+
+
+def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments) -> None:
+    many = len(pairs) > 1
+    head = ["model"]
+    for p in pairs:
+        suffix = f" ({p['en']}/{p['ko']})" if many else ""
+        head += [f"{p['en']} acc", f"{p['ko']} acc", f"agreement{suffix}", f"kappa{suffix}", f"both right / only EN / only KO / both wrong{suffix}"]
+    has_layers = any(r.get("layers") for r in results.values())
+    if has_layers:
+        head += ["layer", "gap", "retrieval ko->en", "retrieval en->ko", "best layer"]
+    lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+    for model, r in results.items():
+        row = [model]
+        for p in pairs:
+            s = r.get(p["name"])
+            if s is None:
+                row += ["-"] * 5
+                continue
+            t = s["table"]
+            row += [fmt(s["acc_en"]), fmt(s["acc_ko"]), fmt(s["agreement"]), fmt(s["kappa"]),
+                    f"{t['both_right']} / {t['only_en_right']} / {t['only_ko_right']} / {t['both_wrong']}"]
+        if has_layers:
+            layer = report_layer_of(r, args.report_layer)
+            if layer is None:
+                row += ["-"] * 5
+            else:
+                m = r["layers"][layer]
+                row += [str(layer), fmt(m["gap"]), fmt(m["retrieval_ko_en"]), fmt(m["retrieval_en_ko"]), str(r["best_layer"])]
+        lines.append(f"| {' | '.join(row)} |")
+    text = "# EN/KO agreement\n\n" + "\n".join(lines) + "\n"
+    if pairs:
+        norm_head = ["model"] + [h for p in pairs for h in (f"{p['en']} acc_norm", f"{p['ko']} acc_norm", "agreement", "kappa")]
+        norm = [f"| {' | '.join(norm_head)} |", "|" + "---|" * len(norm_head)]
+        for model, r in results.items():
+            row = [model]
+            for p in pairs:
+                s = r.get(p["name"], {})
+                row += [fmt(s.get("acc_norm_en")), fmt(s.get("acc_norm_ko")), fmt(s.get("agreement_norm")), fmt(s.get("kappa_norm"))]
+            norm.append(f"| {' | '.join(row)} |")
+        text += "\nWith acc_norm predictions (log-likelihood / characters of the choice):\n\n" + "\n".join(norm) + "\n"
+    n = {p["name"]: len(p["en_idx"]) for p in pairs}
+    text += f"\nItems per pair: {n}. Layers: 0 = embeddings, L = output of decoder layer L (N before the final norm); "
+    text += f"reported layer: {args.report_layer}; pooling: {args.pooling}.\n"
+    path.write_text(text, encoding="utf-8")
+
+
+STEP_RE = re.compile(r"(?:checkpoint|step|ckpt|iter)[-_]?(\d+)$")
+
+
+def write_plots(out_dir: Path, results: dict, pairs: list[dict]) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        logger.warning("matplotlib is not installed: no PNG plots")
+        return []
+    written = []
+    stepped = {m: int(STEP_RE.search(m.split("/")[-1]).group(1)) for m in results if STEP_RE.search(m.split("/")[-1])}
+    if stepped and pairs:
+        fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4), squeeze=False)
+        for ax, p in zip(axes[0], pairs):
+            runs = {}
+            for m, step in stepped.items():
+                if p["name"] in results[m]:
+                    runs.setdefault(Path(results[m]["source"]).parent.name or "run", []).append((step, results[m][p["name"]]))
+            for run, points in runs.items():
+                points.sort(key=lambda x: x[0])
+                steps = [s for s, _ in points]
+                for key, style in (("acc_en", "o-"), ("acc_ko", "s-"), ("agreement", "^--")):
+                    ax.plot(steps, [r[key] for _, r in points], style, label=f"{run}: {key}" if len(runs) > 1 else key)
+            ax.set_xlabel("step")
+            ax.set_title(f"{p['en']} / {p['ko']}")
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out_dir / "accuracy_vs_step.png", dpi=100)
+        plt.close(fig)
+        written.append("accuracy_vs_step.png")
+    with_layers = {m: r["layers"] for m, r in results.items() if r.get("layers")}
+    if with_layers:
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+        for m, layers in with_layers.items():
+            xs = [x["layer"] for x in layers]
+            for ax, key in zip(axes, ("retrieval_ko_en", "retrieval_en_ko", "gap")):
+                ax.plot(xs, [x[key] for x in layers], marker=".", label=m)
+        for ax, key in zip(axes, ("retrieval ko->en (P@1)", "retrieval en->ko (P@1)", "parallel - random cosine")):
+            ax.set_xlabel("layer (0 = embeddings)")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.set_title(key)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out_dir / "retrieval_per_layer.png", dpi=100)
+        plt.close(fig)
+        written.append("retrieval_per_layer.png")
+    return written
+
+
+def json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [json_safe(v) for v in x]
+    return x
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    check_args(args)
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+
+    # everything that can be wrong with the input is found before any model is loaded
+    entries = resolve_models(args)
+    pairs = [] if args.skip_tasks else prepare_pairs(args)
+    ko_texts, en_texts = read_pairs(args.parallel_file, args.max_pairs) if args.parallel_file else (None, None)
+
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval_args.json").write_text(json.dumps(asdict(args), indent=2), encoding="utf-8")
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+
+    results = {}
+    steps = len(entries) * (len(pairs) + (1 if ko_texts else 0) + 1)
+    bar = tqdm(total=steps, desc="eval_agreement", unit="step")
+    for entry in entries:
+        label = entry["label"]
+        bar.set_postfix_str(f"{label}: loading")
+        model, tokenizer = load_model(entry, device, dtype)
+        bar.update(1)
+        result = {"source": entry["source"], "role": entry["role"]}
+        lm = None
+        if pairs:
+            from lm_eval.models.huggingface import HFLM
+
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+            for pair in pairs:
+                bar.set_postfix_str(f"{label}: {pair['en']} / {pair['ko']}")
+                stats, rows = evaluate_pair(lm, pair, args.seed)
+                result[pair["name"]] = stats
+                item_path = out_dir / label / f"{pair['name']}.items.jsonl"
+                item_path.parent.mkdir(parents=True, exist_ok=True)
+                with open(item_path, "w", encoding="utf-8") as f:
+                    for row in rows:
+                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                bar.update(1)
+        if ko_texts:
+            bar.set_postfix_str(f"{label}: layers")
+            result["layers"] = layer_metrics(model, tokenizer, ko_texts, en_texts, args, device)
+            result["best_layer"] = best_layer(result["layers"])
+            bar.update(1)
+        results[label] = result
+        del model, lm
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        # written after every model, so a crash late in a long list keeps the finished ones
+        (out_dir / "results.json").write_text(json.dumps(json_safe(results), indent=2, ensure_ascii=False), encoding="utf-8")
+    bar.close()
+    write_markdown(out_dir / "results.md", results, pairs, args)
+    plots = write_plots(out_dir, results, pairs) if args.plots else []
+    print((out_dir / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {out_dir / 'results.json'}, results.md, per-item files" + (f", {', '.join(plots)}" if plots else ""))
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (EvalError, DataError) as e:
+        print(f"eval_agreement.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,365 @@
+"""eval_agreement.py: the counting against hand-computed cases, lm-eval's predicted choices against
+log-likelihoods computed here directly with transformers, the per-layer states against hooks,
+end to end on the real ARC-Challenge EN/KO files and NTREX-128 pairs, and the errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+import eval_agreement as ea
+from common.demo import train_demo_tokenizer
+from common.metrics import alignment_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"  # as conftest's shared_data fixture (module-scoped use here)
+ARC = SHARED_DATA / "arc_challenge_en_ko"
+EN_ARC = ARC / "ai2_arc-ARC-Challenge-test.jsonl"
+KO_ARC = ARC / "ko_ai2_arc-ARC-Challenge-test.jsonl"
+PAIR = "arc_challenge__ko_arc_challenge"
+LIMIT = 6
+
+
+# ----------------------------------------------------------------------------- counting, by hand
+
+
+def test_cohen_kappa_hand_computed():
+    # p_o = 4/5; marginals a: 0:2/5 1:2/5 2:1/5, b: 0:1/5 1:3/5 2:1/5 -> p_e = (2 + 6 + 1) / 25 = 0.36
+    assert ea.cohen_kappa([0, 0, 1, 1, 2], [0, 1, 1, 1, 2]) == pytest.approx((0.8 - 0.36) / (1 - 0.36))
+    assert ea.cohen_kappa([0, 1, 2, 3], [0, 1, 2, 3]) == pytest.approx(1.0)
+    assert ea.cohen_kappa([0, 1], [1, 0]) == pytest.approx(-1.0)  # p_o = 0, p_e = 1/2
+    # independent-looking labels: p_o = 1/2, p_e = 1/2 -> 0
+    assert ea.cohen_kappa([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.0)
+    assert ea.cohen_kappa([2, 2, 2], [2, 2, 2]) is None  # p_e = 1: undefined, not 0/0 = nan in the JSON
+
+
+def test_cohen_kappa_matches_sklearn():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        a = torch.randint(0, 5, (40,), generator=g).tolist()
+        b = [x if torch.rand(1, generator=g).item() < 0.6 else torch.randint(0, 4, (1,), generator=g).item() for x in a]
+        assert ea.cohen_kappa(a, b) == pytest.approx(sklearn_metrics.cohen_kappa_score(a, b))
+
+
+def test_agreement_stats_hand_computed():
+    gold = [0, 1, 2, 0, 1, 3]
+    en = [0, 1, 0, 0, 2, 3]  # right: 0, 1, 3, 5
+    ko = [0, 2, 0, 1, 2, 3]  # right: 0, 5
+    s = ea.agreement_stats(gold, en, ko)
+    assert s["n"] == 6
+    assert s["acc_en"] == pytest.approx(4 / 6) and s["acc_ko"] == pytest.approx(2 / 6)
+    # same choice on items 0, 2, 4, 5: items 2 and 4 agree while both wrong, which the 2x2 table cannot show
+    assert s["agreement"] == pytest.approx(4 / 6)
+    assert s["table"] == {"both_right": 2, "only_en_right": 2, "only_ko_right": 0, "both_wrong": 2}
+    assert s["agreement_en_right"] == pytest.approx(2 / 4)
+    # en counts 0:3 1:1 2:1 3:1, ko counts 0:2 1:1 2:2 3:1 -> p_e = (6 + 1 + 2 + 1) / 36
+    p_o, p_e = 24 / 36, 10 / 36
+    assert s["kappa"] == pytest.approx((p_o - p_e) / (1 - p_e))
+    assert ea.agreement_stats([0, 1], [1, 0], [1, 0])["agreement_en_right"] is None  # no item right in English
+
+
+def test_predictions_acc_and_acc_norm():
+    # raw: choice 0 (-10) wins; per character: -10/2 = -5, -12/12 = -1, -30/10 = -3 -> choice 1
+    assert ea.predictions([-10.0, -12.0, -30.0], ["ab", "abcdefghijkl", "abcdefghij"]) == (0, 1)
+    assert ea.predictions([-1.0, -1.0], ["x", "y"]) == (0, 0)  # ties go to the first choice, as np.argmax
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+
+def save_llama(path: Path, tok, hidden=32, layers=2, seed=0) -> Path:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, initializer_range=0.2,
+                         tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def save_neox(path: Path, tok, hidden=32, layers=2, seed=1) -> Path:
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                           num_attention_heads=4, max_position_embeddings=1024, initializer_range=0.2,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    GPTNeoXForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """One end-to-end call: a tiny Llama checkpoint and a tiny GPT-NeoX baseline (Llama-2 tokenizer),
+    the first LIMIT items of the real ARC-Challenge EN/KO files, 40 NTREX-128 pairs."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not present")
+    tmp = tmp_path_factory.mktemp("real")
+    tok = AutoTokenizer.from_pretrained(SHARED_DATA / "llama2_tokenizer")
+    llama = save_llama(tmp / "run1" / "checkpoint-100", tok)
+    neox = save_neox(tmp / "baselines" / "neox", tok)
+    ntrex = SHARED_DATA / "ntrex128_en_ko"
+    en_lines = (ntrex / "newstest2019-src.eng.txt").read_text(encoding="utf-8").splitlines()[:40]
+    ko_lines = (ntrex / "newstest2019-ref.kor.txt").read_text(encoding="utf-8").splitlines()[:40]
+    parallel = tmp / "ntrex.jsonl"
+    parallel.write_text("".join(json.dumps({"ko": k, "en": e, "source": "ntrex128"}, ensure_ascii=False) + "\n"
+                                for k, e in zip(ko_lines, en_lines)), encoding="utf-8")
+    out = tmp / "out"
+    results = ea.main([str(llama), "--baseline", str(neox), "--en_data", str(EN_ARC), "--ko_data", str(KO_ARC),
+                       "--limit", str(LIMIT), "--batch_size", "4", "--parallel_file", str(parallel), "--max_pairs", "30",
+                       "--rep_batch_size", "7", "--output_dir", str(out)])
+    return {"results": results, "out": out, "llama": llama, "neox": neox, "tok": tok, "parallel": parallel}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@torch.no_grad()
+def direct_logliks(model, tok, context: str, choices: list[str]) -> list[float]:
+    """log P(" " + choice | context), written here from the definition: tokenize context + continuation
+    and the context alone (tokenizer defaults, so BOS for Llama tokenizers), the continuation tokens are
+    the tail, one unpadded sequence per choice, sum of the log-softmax at the positions that predict them."""
+    out = []
+    for choice in choices:
+        whole = tok(context + " " + choice)["input_ids"]
+        ctx = tok(context)["input_ids"]
+        assert whole[: len(ctx)] == ctx
+        cont = whole[len(ctx):]
+        logits = model(torch.tensor([whole])).logits[0].double()
+        logp = F.log_softmax(logits[len(ctx) - 1 : -1], dim=-1)
+        out.append(logp.gather(1, torch.tensor(cont).unsqueeze(1)).sum().item())
+    return out
+
+
+@pytest.mark.parametrize("which", ["llama", "neox"])
+def test_predictions_equal_direct_loglikelihoods(real_run, which):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(real_run[which], dtype=torch.float32).eval()
+    tok = real_run["tok"]
+    label = {"llama": "checkpoint-100", "neox": "neox"}[which]
+    rows = read_jsonl(real_run["out"] / label / f"{PAIR}.items.jsonl")
+    docs = {lang: {d["id"]: d for d in read_jsonl(path)} for lang, path in (("en", EN_ARC), ("ko", KO_ARC))}
+    prompts = {"en": "Question: {}\nAnswer:", "ko": "질문: {}\n정답:"}
+    decisive = 0
+    for row in rows:
+        for lang in ("en", "ko"):
+            doc = docs[lang][row["id"]]
+            choices = doc["choices"]["text"]
+            ll = direct_logliks(model, tok, prompts[lang].format(doc["question"]), choices)
+            assert row[f"loglik_{lang}"] == pytest.approx(ll, abs=2e-3, rel=1e-4)
+            norm = [x / len(c) for x, c in zip(ll, choices)]
+            for scores, key in ((ll, f"pred_{lang}"), (norm, f"pred_norm_{lang}")):
+                top = sorted(scores, reverse=True)
+                if top[0] - top[1] > 1e-3:  # a near-tie may flip under batching noise: compare decisive ones
+                    decisive += 1
+                    assert row[key] == max(range(len(scores)), key=scores.__getitem__), (row["id"], key)
+        assert row["gold"] == docs["en"][row["id"]]["choices"]["label"].index(docs["en"][row["id"]]["answerKey"])
+    assert decisive >= 4 * len(rows) - 2  # almost all comparisons were decisive
+
+
+def test_end_to_end_real_arc(real_run):
+    results, out = real_run["results"], real_run["out"]
+    assert list(results) == ["checkpoint-100", "neox"]  # order given: checkpoints, then baselines
+    first_ids = [d["id"] for d in read_jsonl(EN_ARC)[:LIMIT]]
+    on_disk = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    for label, r in results.items():
+        rows = read_jsonl(out / label / f"{PAIR}.items.jsonl")
+        assert [row["id"] for row in rows] == first_ids
+        assert set(rows[0]) == {"id", "gold", "pred_en", "pred_ko", "pred_norm_en", "pred_norm_ko", "loglik_en", "loglik_ko"}
+        s = r[PAIR]
+        # the summary is the per-item file counted again, and lm-eval's own accuracies agree
+        recount = ea.agreement_stats([x["gold"] for x in rows], [x["pred_en"] for x in rows], [x["pred_ko"] for x in rows])
+        for key in ("acc_en", "acc_ko", "agreement", "kappa", "table", "agreement_en_right"):
+            assert s[key] == recount[key]
+        assert s["n_items"] == LIMIT and sum(s["table"].values()) == LIMIT
+        for key in ("acc_en", "acc_ko", "acc_norm_en", "acc_norm_ko"):
+            assert s[key] == pytest.approx(s["lm_eval"][key])
+        assert on_disk[label][PAIR]["table"] == s["table"]
+    md = (out / "results.md").read_text(encoding="utf-8")
+    rows_md = [line for line in md.splitlines() if line.startswith("| checkpoint-100") or line.startswith("| neox")]
+    assert [line.split("|")[1].strip() for line in rows_md[:2]] == ["checkpoint-100", "neox"]
+    assert "arc_challenge acc" in md and "ko_arc_challenge acc" in md
+    for png in ("accuracy_vs_step.png", "retrieval_per_layer.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_end_to_end_ntrex_layers(real_run):
+    """Per-layer metrics on NTREX pairs equal alignment_metrics of vectors pooled here, one sentence at a
+    time without padding (so batching, sorting and the padding masks change nothing)."""
+    from transformers import AutoModelForCausalLM
+
+    results, tok = real_run["results"], real_run["tok"]
+    pairs = read_jsonl(real_run["parallel"])[:30]
+    for label, which in (("checkpoint-100", "llama"), ("neox", "neox")):
+        layers = results[label]["layers"]
+        assert [m["layer"] for m in layers] == [0, 1, 2]
+        assert results[label]["best_layer"] == ea.best_layer(layers)
+        model = AutoModelForCausalLM.from_pretrained(real_run[which], dtype=torch.float32).eval()
+
+        @torch.no_grad()
+        def vecs(text):  # (layers, D): mean over the tokens of one unpadded sentence, BOS left out
+            enc = tok(text, truncation=True, max_length=128, return_tensors="pt")
+            states = ea.all_layer_states(model, enc["input_ids"], enc["attention_mask"])
+            keep = enc["input_ids"][0] != tok.bos_token_id
+            return torch.stack([h[0][keep].mean(0) for h in states])
+
+        ko_all = torch.stack([vecs(p["ko"]) for p in pairs], dim=1)
+        en_all = torch.stack([vecs(p["en"]) for p in pairs], dim=1)
+        for layer in (0, 1, 2):
+            expected = alignment_metrics(ko_all[layer], en_all[layer])
+            for key, value in expected.items():
+                assert layers[layer][key] == pytest.approx(value, abs=1e-4), (label, layer, key)
+
+
+@pytest.fixture(scope="module")
+def demo_tok():
+    texts = [f"sentence number {i} about science and 문장 번호 {i} 과학" for i in range(200)]
+    return train_demo_tokenizer(texts, vocab_size=300)
+
+
+def test_layer_states_llama_and_neox(demo_tok, tmp_path):
+    """Layer 0 = embeddings, L < N = Hugging Face's hidden_states[L], N = last decoder layer before the final
+    norm; for Llama the training forward (decoder_hidden_states) and the generic hook path agree."""
+    enc = demo_tok(["sentence number 3 about", "문장 번호 7 과학 and more words here"], padding=True, return_tensors="pt")
+    for model in (LlamaForCausalLM.from_pretrained(save_llama(tmp_path / "l", demo_tok, layers=3)),
+                  GPTNeoXForCausalLM.from_pretrained(save_neox(tmp_path / "n", demo_tok, layers=3))):
+        model.eval()
+        per_layer = []
+        hooks = [layer.register_forward_hook(lambda m, i, o: per_layer.append(o[0] if isinstance(o, tuple) else o))
+                 for layer in ea.find_decoder_layers(model)]
+        with torch.no_grad():
+            hf = model(**enc, output_hidden_states=True).hidden_states
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            ours = ea.all_layer_states(model, enc["input_ids"], enc["attention_mask"])
+            generic = ea.all_layer_states(model, enc["input_ids"], enc["attention_mask"], generic=True)
+        assert len(ours) == len(generic) == 4
+        torch.testing.assert_close(ours[0], hf[0])
+        for layer in (1, 2, 3):
+            torch.testing.assert_close(ours[layer], per_layer[layer - 1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(generic[layer], ours[layer], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours[2], hf[2], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(ours[3], hf[3], atol=1e-3)  # HF's last entry is after the final norm
+
+
+# ----------------------------------------------------------------------------- pairs by configuration
+
+
+def write_task(folder: Path, name: str, data: str, prompt: str):
+    """A multiple-choice task that is not ARC: 'options' list, integer 'answer', 'uid', 3 to 5 choices."""
+    (folder / f"{name}.yaml").write_text(
+        f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        f"output_type: multiple_choice\ndoc_to_text: \"{prompt} {{{{q}}}}\\nA:\"\ndoc_to_choice: \"{{{{options}}}}\"\n"
+        "doc_to_target: answer\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n", encoding="utf-8")
+
+
+def write_items(path: Path, items: list[dict]):
+    path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items), encoding="utf-8")
+
+
+def mc_items(lang: str) -> list[dict]:
+    word = {"en": "color", "ko": "색"}[lang]
+    return [{"uid": f"q{i}", "q": f"{word} {i}?", "options": [f"{word} {j}" for j in range(3 + i % 3)], "answer": i % 3} for i in range(5)]
+
+
+def test_pair_by_configuration_joins_by_id(demo_tok, tmp_path):
+    """--pair with --include_path: relative data_files resolved from the YAML's folder, a custom id field,
+    3/4/5 choices, integer answers, and a Korean file in another order: items join by id, not position."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    write_items(tasks / "en.jsonl", mc_items("en"))
+    write_items(tasks / "ko.jsonl", mc_items("ko")[::-1])
+    write_task(tasks, "toy_en", "en.jsonl", "Q:")
+    write_task(tasks, "toy_ko", "ko.jsonl", "질문:")
+    model = save_llama(tmp_path / "m", demo_tok)
+    out = tmp_path / "out"
+    results = ea.main([str(model), "--pair", "toy_en:toy_ko", "--include_path", str(tasks), "--id_field", "uid",
+                       "--limit", "4", "--output_dir", str(out), "--no_plots"])
+    rows = read_jsonl(out / "m" / "toy_en__toy_ko.items.jsonl")
+    assert [r["id"] for r in rows] == ["q0", "q1", "q2", "q3"]
+    for r, item in zip(rows, mc_items("en")):
+        assert len(r["loglik_en"]) == len(r["loglik_ko"]) == len(item["options"])  # a misjoin would mix 3/4/5
+        assert r["gold"] == item["answer"]
+    assert results["m"]["toy_en__toy_ko"]["n_items"] == 4
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_mismatched_files_list_counts_and_first_mismatches(demo_tok, tmp_path, shared_data):
+    en = read_jsonl(shared_data / "arc_challenge_en_ko" / "ai2_arc-ARC-Challenge-test.jsonl")[:8]
+    ko = read_jsonl(shared_data / "arc_challenge_en_ko" / "ko_ai2_arc-ARC-Challenge-test.jsonl")[:8]
+    ko = ko[:7] + [dict(ko[0], id="KO_ONLY_1")]  # en[7] missing from ko, one extra
+    ko[1] = dict(ko[1], choices={"text": ko[1]["choices"]["text"][:3], "label": ko[1]["choices"]["label"][:3]})
+    labels = ko[2]["choices"]["label"]
+    ko[2] = dict(ko[2], answerKey=next(x for x in labels if x != ko[2]["answerKey"]))
+    write_items(tmp_path / "en.jsonl", en)
+    write_items(tmp_path / "ko.jsonl", ko)
+    model = save_llama(tmp_path / "m", demo_tok)
+    with pytest.raises(ea.EvalError) as e:
+        ea.main([str(model), "--en_data", str(tmp_path / "en.jsonl"), "--ko_data", str(tmp_path / "ko.jsonl"),
+                 "--limit", "2", "--output_dir", str(tmp_path / "out")])
+    msg = str(e.value)
+    assert "(8 items)" in msg
+    assert "1 ids only in arc_challenge" in msg and en[7]["id"] in msg
+    assert "1 ids only in ko_arc_challenge" in msg and "KO_ONLY_1" in msg
+    assert "1 ids with a different number of choices" in msg and f"{en[1]['id']}: 4 vs 3" in msg
+    assert "1 ids with a different gold answer" in msg and en[2]["id"] in msg
+    assert not (tmp_path / "out").exists()  # found before anything was written or any model loaded
+
+    write_items(tmp_path / "ko.jsonl", ko[:1] + ko[:7])
+    with pytest.raises(ea.EvalError, match="1 duplicate ids in ko_arc_challenge"):
+        ea.main([str(model), "--en_data", str(tmp_path / "en.jsonl"), "--ko_data", str(tmp_path / "ko.jsonl"),
+                 "--output_dir", str(tmp_path / "out")])
+
+
+def test_missing_checkpoint_and_bad_inputs(tmp_path):
+    (tmp_path / "no_config").mkdir()
+    with pytest.raises(ea.EvalError) as e:
+        ea.main([str(tmp_path / "missing"), str(tmp_path / "no_config"), "--output_dir", str(tmp_path / "out")])
+    msg = str(e.value)
+    assert "2 of 2 models cannot be used" in msg
+    assert "missing: no such checkpoint folder" in msg and "no_config: folder has no config.json" in msg
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"ko": "안녕", "en": "hi"}\n{"ko": "둘"}\n', encoding="utf-8")
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "config.json").write_text("{}")
+    with pytest.raises(ea.EvalError, match=r"bad.jsonl:2: missing field 'en'"):
+        ea.main([str(tmp_path / "ok"), "--skip_tasks", "--parallel_file", str(bad), "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(ea.EvalError, match="give both --en_data and --ko_data"):
+        ea.main([str(tmp_path / "ok"), "--en_data", str(bad), "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(ea.EvalError, match="unknown task 'nope'"):
+        ea.main([str(tmp_path / "ok"), "--pair", "nope:ko_arc_challenge", "--output_dir", str(tmp_path / "out")])
+
+
+def test_command_line_error_is_one_line_not_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "eval_agreement.py"), str(tmp_path / "nope"), "--output_dir", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert "eval_agreement.py: error: 1 of 1 models cannot be used" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_arguments_positional_and_labels(tmp_path):
+    args = ea.parse_args(["a", "b", "--baseline", "org/base", "--limit", "3", "--output_dir", "o"])
+    assert args.models == ["a", "b"] and args.baseline == ["org/base"] and args.limit == 3
+    assert ea.parse_args(["--limit", "3", "--models", "a"]).models == ["a"]
+    for run in ("run1", "run2"):
+        (tmp_path / run / "checkpoint-100").mkdir(parents=True)
+        (tmp_path / run / "checkpoint-100" / "config.json").write_text("{}")
+    (tmp_path / "run1" / "checkpoint-200").mkdir()
+    (tmp_path / "run1" / "checkpoint-200" / "config.json").write_text("{}")
+    args = ea.parse_args([str(tmp_path / "run1" / "checkpoint-100"), str(tmp_path / "run2" / "checkpoint-100"),
+                          str(tmp_path / "run1" / "checkpoint-200"), "--baseline", "org/base"])
+    labels = [e["label"] for e in ea.resolve_models(args)]
+    assert labels == ["run1/checkpoint-100", "run2/checkpoint-100", "checkpoint-200", "base"]
+    with pytest.raises(ea.EvalError, match="given twice"):
+        ea.resolve_models(ea.parse_args([str(tmp_path / "run1" / "checkpoint-100")] * 2))
