@@ -103,11 +103,6 @@ def iter_packed_blocks(token_lists: Iterable[Sequence[int]], block_size: int, eo
             del buffer[:block_size]
 
 
-def pack_blocks(token_lists: Sequence[Sequence[int]], block_size: int, eos_token_id: int) -> list[list[int]]:
-    """``iter_packed_blocks`` as a list."""
-    return list(iter_packed_blocks(token_lists, block_size, eos_token_id))
-
-
 class LengthGroupedBatchSampler:
     """Global batches of dataset indices, shuffled per epoch, optionally grouped by length.
 

@@ -20,3 +20,18 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def reset_accelerate():
+    """Scripts' main() run in this process each build an Accelerator; accelerate keeps process-wide
+    state, so reset it before and after the test. The test calls the fixture's value between runs."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    def reset():
+        AcceleratorState._reset_state(True)
+        PartialState._reset_state()
+
+    reset()
+    yield reset
+    reset()

@@ -10,8 +10,8 @@ from common.data import (
     ShardedBatches,
     endless_batches,
     iter_mono_texts,
+    iter_packed_blocks,
     iter_parallel_jsonl,
-    pack_blocks,
 )
 from common.demo import train_demo_tokenizer
 
@@ -47,11 +47,11 @@ def test_mono_reader_jsonl_and_plain(tmp_path):
         list(iter_mono_texts(write(tmp_path, "m2.jsonl", '{"text": "a"}\n{"txt": "b"}\n')))
 
 
-def test_pack_blocks_loses_and_repeats_nothing_but_the_tail():
+def test_packing_loses_and_repeats_nothing_but_the_tail():
     docs = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
-    blocks = pack_blocks(docs, block_size=4, eos_token_id=2)
+    blocks = list(iter_packed_blocks(docs, block_size=4, eos_token_id=2))
     assert blocks == [[5, 6, 7, 2], [8, 2, 9, 10], [11, 12, 13, 2]]
-    blocks = pack_blocks(docs + [[14]], block_size=4, eos_token_id=2)
+    blocks = list(iter_packed_blocks(docs + [[14]], block_size=4, eos_token_id=2))
     assert sum(blocks, []) == [5, 6, 7, 2, 8, 2, 9, 10, 11, 12, 13, 2]  # tail [14, 2] dropped
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DeepSpeedPlugin
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -40,14 +39,13 @@ def launch(tmp_path, name, script, args, zero):
     return out, read_log(out)
 
 
-def one_process(tmp_path, name, module, args):
+def one_process(tmp_path, name, module, args, reset):
     """The same run in this process with twice the per-process batch: the same global batches."""
     out = tmp_path / name
     args = list(args)
     i = args.index("--per_device_train_batch_size") + 1
     args[i] = str(2 * int(args[i]))
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
+    reset()
     module.main([*args, "--output_dir", str(out), "--report_to", "none", "--logging_steps", "1"])
     return out, read_log(out)
 
@@ -75,9 +73,9 @@ def assert_same_run(out, log, ref_out, ref_log, key, step):
 
 
 @pytest.mark.parametrize("zero, extra", [(2, []), (3, ["--english_encoder", "frozen", "--mix_layers", "1-3"])])
-def test_stage1_under_zero_matches_one_process(tmp_path, zero, extra):
+def test_stage1_under_zero_matches_one_process(tmp_path, zero, extra, reset_accelerate):
     out, log = launch(tmp_path, f"zero{zero}", "train_contrastive.py", STAGE1 + extra, zero=zero)
-    ref_out, ref_log = one_process(tmp_path, "one", train_contrastive, STAGE1 + extra)
+    ref_out, ref_log = one_process(tmp_path, "one", train_contrastive, STAGE1 + extra, reset_accelerate)
     assert_same_run(out, log, ref_out, ref_log, "cl_loss", 4)
     assert losses(log, "eval/gap")[4] == pytest.approx(losses(ref_log, "eval/gap")[4], rel=1e-3, abs=1e-4)
     if "--mix_layers" in extra:
@@ -95,10 +93,10 @@ def test_stage1_under_zero_matches_one_process(tmp_path, zero, extra):
 
 @pytest.mark.parametrize("zero", [2, 3])
 @pytest.mark.parametrize("script, module", [("train_lm_head.py", train_lm_head), ("train_full.py", train_full)])
-def test_stages_2_and_3_under_zero_match_one_process(tmp_path, script, module, zero):
+def test_stages_2_and_3_under_zero_match_one_process(tmp_path, script, module, zero, reset_accelerate):
     args = ["--max_steps", "3", "--save_steps", "3", "--eval_steps", "3", "--per_device_train_batch_size", "2", "--warmup_ratio", "0.34"]
     out, log = launch(tmp_path, "zero", script, args, zero=zero)
-    ref_out, ref_log = one_process(tmp_path, "one", module, args)
+    ref_out, ref_log = one_process(tmp_path, "one", module, args, reset_accelerate)
     assert_same_run(out, log, ref_out, ref_log, "loss", 3)
 
 

@@ -4,7 +4,6 @@ originals) and Tatoeba pairs, retrieves held-out NTREX-128 news translations wel
 import json
 import shutil
 
-from accelerate.state import AcceleratorState, PartialState
 from transformers import LlamaTokenizer
 
 import train_contrastive as tc
@@ -19,7 +18,7 @@ def write_jsonl(path, pairs):
             f.write(json.dumps({"ko": ko, "en": en}, ensure_ascii=False) + "\n")
 
 
-def test_retrieval_on_held_out_ntrex_rises_well_above_chance(shared_data, tmp_path):
+def test_retrieval_on_held_out_ntrex_rises_well_above_chance(shared_data, tmp_path, reset_accelerate):
     sts = shared_data / "korsts_stsb_en_ko"
     ko_rows = [line.rstrip("\n").split("\t") for line in open(sts / "ko" / "sts-train.tsv", encoding="utf-8")][1:]
     en_rows = [line.rstrip("\n").split("\t") for line in open(sts / "en" / "sts-train.csv", encoding="utf-8")]
@@ -46,8 +45,6 @@ def test_retrieval_on_held_out_ntrex_rises_well_above_chance(shared_data, tmp_pa
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
 
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
     tc.main(["--model_name_or_path", str(model_dir), "--train_file", str(tmp_path / "train.jsonl"),
              "--validation_file", str(tmp_path / "val.jsonl"), "--output_dir", str(tmp_path / "run"),
              "--pool_layer", "2", "--per_device_train_batch_size", "64", "--learning_rate", "1e-3",

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, PartialState
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, HfArgumentParser
 
@@ -13,19 +12,10 @@ import train_contrastive as tc
 from common.data import DataError, iter_parallel_jsonl
 from common.demo import tiny_llama, train_demo_tokenizer
 
+pytestmark = pytest.mark.usefixtures("reset_accelerate")
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "data" / "demo" / "train.jsonl")
 VALID = str(ROOT / "data" / "demo" / "validation.jsonl")
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    """Each main() builds its own Accelerator; reset the process-wide state between runs."""
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +118,10 @@ def test_frozen_english_copy_stays_unchanged(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("variant", [["--pool_layer", "2"], ["--mix_layers", "1-3", "--english_encoder", "frozen"]])
-def test_resume_reproduces_the_uninterrupted_run(tiny_model, tmp_path, variant):
+def test_resume_reproduces_the_uninterrupted_run(tiny_model, tmp_path, variant, reset_accelerate):
     common = ["--max_steps", "8", "--save_steps", "4", "--eval_steps", "100", "--warmup_ratio", "0.25", *variant]
     run(tiny_model, tmp_path / "full", *common)
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
+    reset_accelerate()
     run(tiny_model, tmp_path / "resumed", *common, "--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-4"))
     full, resumed = losses(tmp_path / "full"), losses(tmp_path / "resumed")
     assert sorted(resumed) == [5, 6, 7, 8]
@@ -143,11 +132,10 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model, tmp_path, variant):
         torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7)
 
 
-def test_resume_latest_and_save_total_limit(tiny_model, tmp_path):
+def test_resume_latest_and_save_total_limit(tiny_model, tmp_path, reset_accelerate):
     run(tiny_model, tmp_path, "--max_steps", "6", "--save_steps", "2", "--save_total_limit", "2")
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
+    reset_accelerate()
     run(tiny_model, tmp_path, "--max_steps", "8", "--save_steps", "2", "--resume_from_checkpoint", "latest")
     assert (tmp_path / "checkpoint-8").is_dir()
     assert sorted(r["step"] for r in read_log(tmp_path) if "cl_loss" in r) == [1, 2, 3, 4, 5, 6, 7, 8]

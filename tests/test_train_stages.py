@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, PartialState
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, LlamaTokenizer
 
@@ -19,22 +18,9 @@ import train_lm_head
 from common.data import DataError, iter_mono_texts, load_text_blocks, tokenize_instruction
 from common.demo import tiny_llama, train_demo_tokenizer
 
+pytestmark = pytest.mark.usefixtures("reset_accelerate")
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerator_state():
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
-
-
-def reset():
-    AcceleratorState._reset_state(True)
-    PartialState._reset_state()
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +98,14 @@ def test_tied_head_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("script", [train_lm_head, train_full])
-def test_resume_reproduces_the_uninterrupted_run(tiny_model, tmp_path, script):
+def test_resume_reproduces_the_uninterrupted_run(tiny_model, tmp_path, script, reset_accelerate):
     sft = tmp_path / "sft.jsonl"
     sft.write_text("".join(json.dumps({"prompt": f"질문 {i}: 가 나", "response": f"답 {i} 다 라"}, ensure_ascii=False) + "\n" for i in range(10)))
     extra = ["--en_train_file", str(DEMO / "mono_en_train.txt"), "--ko_ratio", "0.75", "--instruction_file", str(sft),
              "--per_device_instruction_batch_size", "3"] if script is train_full else []
     common = ["--max_steps", "8", "--save_steps", "4", "--eval_steps", "4", "--warmup_ratio", "0.25", *extra]
     script.main(demo_args(tiny_model, tmp_path / "full", *common))
-    reset()
+    reset_accelerate()
     script.main(demo_args(tiny_model, tmp_path / "resumed", *common, "--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-4")))
     full, resumed = by_step(read_log(tmp_path / "full")), by_step(read_log(tmp_path / "resumed"))
     assert sorted(resumed) == [5, 6, 7, 8]
@@ -157,7 +143,7 @@ def test_instruction_prompt_tokens_carry_no_loss(tiny_model):
     assert sft_loss.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
 
 
-def test_loss_falls_on_real_korean_text(shared_data, tmp_path):
+def test_loss_falls_on_real_korean_text(shared_data, tmp_path, reset_accelerate):
     """Tiny random Llama with the Llama-2 tokenizer: stage 3 then stage 2 on Korean Wikipedia."""
     wiki = sorted((shared_data / "mono_ko" / "kowiki").iterdir())
     def plain(path, n):
@@ -176,7 +162,7 @@ def test_loss_falls_on_real_korean_text(shared_data, tmp_path):
               "--eval_steps", "40", "--save_steps", "40", "--report_to", "none", "--max_eval_blocks", "32"]
     train_full.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "s3"), *common])
     s3 = [r for r in read_log(tmp_path / "s3") if "eval/ko_perplexity" in r]
-    reset()
+    reset_accelerate()
     train_lm_head.main(["--model_name_or_path", str(tmp_path / "s3" / "checkpoint-40"), "--output_dir", str(tmp_path / "s2"), *common])
     s2 = [r for r in read_log(tmp_path / "s2") if "eval/ko_perplexity" in r]
     print("stage 3 ko perplexity:", s3[0]["eval/ko_perplexity"], "->", s3[-1]["eval/ko_perplexity"])
@@ -203,32 +189,32 @@ def test_packing_keeps_every_token_of_real_text(shared_data, tmp_path):
     ('{"text": "가 나"}\n이것은 JSON이 아니다\n', r"bad.jsonl:2: not valid JSON"),
     ('{"text": "가 나"}\n{"body": "다"}\n', r"bad.jsonl:2: expected a JSON object with a 'text' field"),
 ])
-def test_bad_text_input_names_file_and_line(tiny_model, tmp_path, content, message):
+def test_bad_text_input_names_file_and_line(tiny_model, tmp_path, content, message, reset_accelerate):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(content, encoding="utf-8")
     for script in (train_lm_head, train_full):
-        reset()
+        reset_accelerate()
         args = demo_args(tiny_model, tmp_path / "o", "--max_steps", "1")
         args[args.index("--train_file") + 1] = str(bad)
         with pytest.raises(DataError, match=message):
             script.main(args)
 
 
-def test_block_size_beyond_context_and_bad_instructions(tiny_model, tmp_path):
+def test_block_size_beyond_context_and_bad_instructions(tiny_model, tmp_path, reset_accelerate):
     with pytest.raises(ValueError, match="exceeds the model's context of 512"):
         train_full.main(demo_args(tiny_model, tmp_path / "o", "--block_size", "1024", "--max_steps", "1"))
-    reset()
+    reset_accelerate()
     bad = tmp_path / "sft.jsonl"
     bad.write_text('{"prompt": "가", "response": "나"}\n{"prompt": "가"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"sft.jsonl:2: expected a JSON object with 'prompt' and 'response'"):
         train_full.main(demo_args(tiny_model, tmp_path / "o", "--instruction_file", str(bad), "--max_steps", "1"))
 
 
-def test_demos_run(tmp_path):
+def test_demos_run(tmp_path, reset_accelerate):
     train_lm_head.main(["--output_dir", str(tmp_path / "s2"), "--max_steps", "20", "--eval_steps", "20", "--save_steps", "20", "--report_to", "none"])
     s2 = [r for r in read_log(tmp_path / "s2") if "eval/ko_perplexity" in r]
     assert s2[-1]["eval/ko_perplexity"] < s2[0]["eval/ko_perplexity"]
-    reset()
+    reset_accelerate()
     train_full.main(["--output_dir", str(tmp_path / "s3"), "--max_steps", "20", "--eval_steps", "20", "--save_steps", "20", "--report_to", "none"])
     s3 = [r for r in read_log(tmp_path / "s3") if "eval/en_perplexity" in r]
     assert s3[-1]["eval/ko_perplexity"] < s3[0]["eval/ko_perplexity"] and s3[-1]["eval/en_perplexity"] < s3[0]["eval/en_perplexity"]
