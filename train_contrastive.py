@@ -40,7 +40,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_sc
 from common.args import parse_arguments
 from common.checkpoint import find_checkpoint, save_checkpoint
 from common.data import (
-    DataError,
     LengthGroupedBatchSampler,
     ParallelCollator,
     ShardedBatches,
@@ -229,9 +228,7 @@ def evaluate(model: ContrastiveModel, frozen_en: nn.Module | None, loader: DataL
 
 def load_pairs(path: str, tokenizer, max_len: int) -> Dataset:
     """Validated, tokenized pairs as a cached ``datasets.Dataset`` with ko_ids, en_ids, length."""
-    ds = dataset_from_rows(iter_parallel_jsonl, path)
-    if len(ds) == 0:
-        raise DataError(f"{path}: no pairs")
+    ds = dataset_from_rows(iter_parallel_jsonl, path, empty="no pairs")
 
     def tokenize(rows):
         ko = tokenizer(rows["ko"], truncation=True, max_length=max_len)["input_ids"]

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None):
                      "en": load_text_blocks(args.en_train_file, tokenizer, args.block_size, context) if n_en else None}
         sft = None
         if args.instruction_file:
-            sft = dataset_from_rows(iter_instructions, args.instruction_file).map(
+            sft = dataset_from_rows(iter_instructions, args.instruction_file, empty="no instructions").map(
                 lambda r: tokenize_instruction(tokenizer, r["prompt"], r["response"], args.block_size),
                 remove_columns=["prompt", "response"], desc="tokenizing instructions")
         val_sets = {lang: load_text_blocks(path, tokenizer, args.block_size, context)

@@ -210,15 +210,19 @@ class ParallelCollator:
         return out
 
 
-def dataset_from_rows(iter_rows, path: str, **kwargs) -> Dataset:
+def dataset_from_rows(iter_rows, path: str, empty: str = "no data", **kwargs) -> Dataset:
     """A cached ``Dataset`` of the rows ``iter_rows(path, **kwargs)`` yields, rebuilt when the file,
     the reader or its arguments change. A ``DataError`` raised while reading surfaces as itself
-    (file:line), not wrapped by the library."""
+    (file:line), not wrapped by the library; a reader that yields nothing is ``DataError(path: empty)``."""
     fingerprint = Hasher.hash([file_fingerprint(path), iter_rows.__module__, iter_rows.__qualname__, kwargs])
     try:
         return Dataset.from_generator(iter_rows, gen_kwargs={"path": path, **kwargs}, fingerprint=fingerprint)
     except DatasetGenerationError as e:
-        raise e.__cause__ if isinstance(e.__cause__, DataError) else e
+        if isinstance(e.__cause__, DataError):
+            raise e.__cause__ from None
+        if next(iter_rows(path, **kwargs), None) is None:  # the library refuses an empty generator
+            raise DataError(f"{path}: {empty}") from None
+        raise
 
 
 def _packed_rows(path: str, tokenizer, block_size: int) -> Iterator[dict]:
@@ -250,9 +254,8 @@ def load_text_blocks(path: str, tokenizer, block_size: int, max_context: int | N
         return blocks
     if not any(True for _ in iter_mono_texts(path)):
         raise DataError(f"{path}: no text")
-    if next(_packed_rows(path, tokenizer, block_size), None) is None:
-        raise DataError(f"{path}: fewer tokens than one block of {block_size}")
-    return dataset_from_rows(_packed_rows, path, tokenizer=tokenizer, block_size=block_size)
+    return dataset_from_rows(_packed_rows, path, empty=f"fewer tokens than one block of {block_size}",
+                             tokenizer=tokenizer, block_size=block_size)
 
 
 def iter_instructions(path: str) -> Iterator[dict]:
@@ -278,4 +281,3 @@ def tokenize_instruction(tokenizer, prompt: str, response: str, max_length: int)
     input_ids = (prompt_ids + response_ids)[:max_length]
     labels = ([-100] * len(prompt_ids) + response_ids)[:max_length]
     return {"input_ids": input_ids, "labels": labels}
-

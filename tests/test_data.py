@@ -8,10 +8,12 @@ from common.data import (
     LengthGroupedBatchSampler,
     ParallelCollator,
     ShardedBatches,
+    dataset_from_rows,
     endless_batches,
     iter_mono_texts,
     iter_packed_blocks,
     iter_parallel_jsonl,
+    load_text_blocks,
 )
 from common.demo import train_demo_tokenizer
 
@@ -130,3 +132,16 @@ def test_bytes_that_are_not_utf8_name_the_line(tmp_path):
     path.write_bytes("첫 줄\n".encode("utf-8") + "둘째 줄\n".encode("cp949"))
     with pytest.raises(DataError, match=r"cp949.txt:2: not UTF-8 text"):
         list(iter_mono_texts(str(path)))
+
+
+def test_empty_or_too_short_inputs_are_data_errors(tmp_path):
+    tokenizer = train_demo_tokenizer(["가 나 다", "a b c"])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(DataError, match="empty.jsonl: no pairs"):
+        dataset_from_rows(iter_parallel_jsonl, str(empty), empty="no pairs")
+    short = tmp_path / "short.txt"
+    short.write_text("가 나\n", encoding="utf-8")
+    with pytest.raises(DataError, match="short.txt: fewer tokens than one block of 64"):
+        load_text_blocks(str(short), tokenizer, 64)
+    assert len(load_text_blocks(str(short), tokenizer, 2)) == 2  # BOS 가 나 EOS
