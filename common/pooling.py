@@ -3,7 +3,8 @@
 Layer numbering, used everywhere in koen-align: layer 0 is the embedding output, layer L (1..N) the
 output of decoder layer L. This equals Hugging Face's ``hidden_states[L]`` for L < N. For L = N it
 is the output of the last decoder layer BEFORE the final norm, whereas Hugging Face's
-``hidden_states[N]`` is after it (the input of the LM head).
+``hidden_states[N]`` is after it (the input of the LM head). ``layer_states`` gives these for any
+causal LM; ``decoder_hidden_states`` is its truncated form for the Llama family, which training uses.
 """
 
 from collections.abc import Sequence
@@ -13,7 +14,8 @@ from torch import Tensor, nn
 from transformers.masking_utils import create_causal_mask
 
 
-def pooling_mask(input_ids: Tensor, attention_mask: Tensor, bos_token_id: int | None, exclude_bos: bool = True) -> Tensor:
+def pooling_mask(input_ids: Tensor, attention_mask: Tensor, bos_token_id: int | None,
+                 exclude_bos: bool = True) -> Tensor:
     """The tokens a sentence vector averages over: (B, T) 0/1, padding excluded and, by default, BOS.
 
     BOS carries no meaning of the sentence and, being the attention sink of a causal LM, has a large
@@ -71,7 +73,8 @@ class LayerMixture(nn.Module):
         return torch.einsum("k,kbd->bd", w, pooled)
 
 
-def decoder_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, upto: int) -> list[Tensor]:
+def decoder_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
+                          upto: int) -> list[Tensor]:
     """Hidden states of layers 0..``upto`` of a Llama-family causal LM, running only decoder layers 1..upto.
 
     The layers above ``upto`` would get no gradient from a loss on these states, so skipping them
@@ -96,10 +99,68 @@ def decoder_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: T
         return states
     position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
     causal_mask = create_causal_mask(
-        config=decoder.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None, position_ids=position_ids
+        config=decoder.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None,
+        position_ids=position_ids,
     )
     position_embeddings = decoder.rotary_emb(hidden, position_ids=position_ids)
     for layer in decoder.layers[:upto]:
-        hidden = layer(hidden, attention_mask=causal_mask, position_embeddings=position_embeddings, position_ids=position_ids)
+        hidden = layer(hidden, attention_mask=causal_mask, position_embeddings=position_embeddings,
+                       position_ids=position_ids)
         states.append(hidden)
     return states
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of decoder layers: the first one whose length is the number of hidden layers."""
+    n = getattr(model.config.get_text_config(), "num_hidden_layers", None)
+    for _, module in model.base_model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise TypeError(f"{type(model).__name__}: cannot find its {n} decoder layers")
+
+
+def is_llama_family(model: nn.Module) -> bool:
+    """True when ``decoder_hidden_states`` (the truncated forward) can run ``model``."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    return all(hasattr(decoder, name) for name in ("embed_tokens", "rotary_emb", "layers"))
+
+
+def layer_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, generic: bool = False) -> list[Tensor]:
+    """Hidden states of layers 0..N of any Hugging Face causal LM, numbered as in this module's docstring.
+
+    Llama-family models go through ``decoder_hidden_states``, the forward training pools from. Others
+    (GPT-NeoX, GPT-2, ...) through the base model with ``output_hidden_states``, whose last entry
+    (after the final norm) is replaced by the last decoder layer's own output, captured by a forward
+    hook. ``generic=True`` takes the second way for any model (tests compare the two).
+    """
+    if not generic and is_llama_family(model):
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+        return decoder_hidden_states(model, input_ids, attention_mask, upto=len(decoder.layers))
+    last = find_decoder_layers(model)[-1]
+    captured = {}
+
+    def keep(module, inputs, output):
+        captured["h"] = output[0] if isinstance(output, tuple) else output
+
+    handle = last.register_forward_hook(keep)
+    try:
+        out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    finally:
+        handle.remove()
+    return list(out.hidden_states[:-1]) + [captured["h"]]
+
+
+def pooled_layers(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, *, layers: Sequence[int],
+                  pooling: str = "mean", exclude_bos: bool = True, bos_token_id: int | None = None) -> Tensor:
+    """(K, B, D): the pooled vector of every sentence at each of ``layers`` (K of them).
+
+    A Llama-family model runs only as deep as the deepest layer asked for (``decoder_hidden_states``);
+    other families run whole (``layer_states``). ``pooling``, ``exclude_bos`` and ``bos_token_id`` are
+    those of ``pool`` and ``pooling_mask``.
+    """
+    if is_llama_family(model):
+        states = decoder_hidden_states(model, input_ids, attention_mask, upto=max(layers))
+    else:
+        states = layer_states(model, input_ids, attention_mask)
+    mask = pooling_mask(input_ids, attention_mask, bos_token_id, exclude_bos=exclude_bos)
+    return torch.stack([pool(states[layer], mask, pooling) for layer in layers])
