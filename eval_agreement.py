@@ -21,10 +21,13 @@ Commands:
     python eval_agreement.py CKPT --en_data EN.jsonl --ko_data KO.jsonl --limit 50 --output_dir /tmp/quick
     python eval_agreement.py CKPT --pair my_en_task:my_ko_task --include_path my_tasks/ --output_dir DIR
     python eval_agreement.py CKPT --skip_tasks --parallel_file pairs.jsonl --output_dir DIR   # layers only
-    lm_eval --model hf --model_args pretrained=CKPT --include_path tasks --tasks arc_challenge,ko_arc_challenge  # same YAMLs
+    python eval_agreement.py eval.yaml --limit 5     # settings from a config file, one of them overridden
+    lm_eval --model hf --model_args pretrained=CKPT --include_path tasks \\
+        --tasks arc_challenge,ko_arc_challenge   # same YAMLs
 
-Checkpoints come first (positional) or through ``--models``; ``--help`` documents every option and a
-single .json/.yaml argument file works in place of the flags.
+Checkpoints come first (positional) or through ``--models``; ``--help`` documents every option. A
+.json/.yaml config file may come first instead: its settings are the defaults, and the flags after it
+override them (common/args.py).
 
 Writes to --output_dir: results.json ``{model: {pair: {...}, "layers": [...], "best_layer": L}}``,
 results.md (one table, models in the order given), ``<model>/<pair>.items.jsonl`` (one line per item:
@@ -45,11 +48,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 
+from common.args import parse_arguments
 from common.data import DataError, iter_parallel_jsonl
 from common.metrics import alignment_metrics
-from common.pooling import decoder_hidden_states, pool, pooling_mask
+from common.pooling import layer_states, pool, pooling_mask
 
 logger = logging.getLogger("eval_agreement")
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -62,57 +65,96 @@ class EvalError(Exception):
 
 @dataclass
 class Arguments:
-    models: list[str] = field(default_factory=list, metadata={"help": "Checkpoint folders (save_pretrained: config, weights, tokenizer). Usually given positionally, before any option: `eval_agreement.py CKPT [CKPT ...] --output_dir DIR`."})
-    baseline: list[str] = field(default_factory=list, metadata={"help": "Baseline models: Hugging Face causal LM folders (Llama, GPT-NeoX, ...) or hub ids where the machine is online. Listed after the checkpoints."})
-    output_dir: str = field(default="runs/eval", metadata={"help": "Where results.json, results.md, the per-item files and the plots go."})
+    models: list[str] = field(default_factory=list, metadata={"help": (
+        "Checkpoint folders (save_pretrained: config, weights, tokenizer). Usually given positionally, before "
+        "any option: `eval_agreement.py CKPT [CKPT ...] --output_dir DIR`."
+    )})
+    baseline: list[str] = field(default_factory=list, metadata={"help": (
+        "Baseline models: Hugging Face causal LM folders (Llama, GPT-NeoX, ...) or hub ids where the machine "
+        "is online. Listed after the checkpoints."
+    )})
+    output_dir: str = field(default="runs/eval", metadata={"help": (
+        "Where results.json, results.md, the per-item files and the plots go."
+    )})
     # tasks
-    pair: list[str] = field(default_factory=lambda: [DEFAULT_PAIR], metadata={"help": "Paired tasks 'EN_TASK:KO_TASK' (lm-eval multiple_choice tasks whose docs share an id field). Several allowed."})
-    include_path: list[str] = field(default_factory=list, metadata={"help": "Extra folders of lm-eval task YAMLs (the project's tasks/ is always included)."})
-    en_data: str | None = field(default=None, metadata={"help": "ARC-format JSONL (id, question, choices {text, label}, answerKey) that replaces the English task's dataset. Unset: the dataset named in the YAML (hub: online machines only)."})
+    pair: list[str] = field(default_factory=lambda: [DEFAULT_PAIR], metadata={"help": (
+        "Paired tasks 'EN_TASK:KO_TASK' (lm-eval multiple_choice tasks whose docs share an id field). "
+        "Several allowed."
+    )})
+    include_path: list[str] = field(default_factory=list, metadata={"help": (
+        "Extra folders of lm-eval task YAMLs (the project's tasks/ is always included)."
+    )})
+    en_data: str | None = field(default=None, metadata={"help": (
+        "ARC-format JSONL (id, question, choices {text, label}, answerKey) that replaces the English task's "
+        "dataset. Unset: the dataset named in the YAML (hub: online machines only)."
+    )})
     ko_data: str | None = field(default=None, metadata={"help": "Korean counterpart of --en_data, joined to it by id."})
-    id_field: str = field(default="id", metadata={"help": "Document field that joins the English and Korean items; 'doc_id' joins by position instead."})
-    limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N English items (and the Korean items with the same ids). The whole files are still checked to pair up."})
-    batch_size: int = field(default=32, metadata={"help": "Log-likelihood requests per forward pass (lm-eval sorts them by length, so padding is small). On CPU, 8 was faster than 32 (bench/bench_eval.py)."})
-    max_length: int | None = field(default=None, metadata={"help": "Context window for lm-eval (longer requests are cut from the left). Unset: the model's max_position_embeddings."})
+    id_field: str = field(default="id", metadata={"help": (
+        "Document field that joins the English and Korean items; 'doc_id' joins by position instead."
+    )})
+    limit: int | None = field(default=None, metadata={"help": (
+        "Evaluate only the first N English items (and the Korean items with the same ids). "
+        "The whole files are still checked to pair up."
+    )})
+    batch_size: int = field(default=32, metadata={"help": (
+        "Log-likelihood requests per forward pass (lm-eval sorts them by length, so padding is small). On CPU, "
+        "8 was faster than 32 (bench/bench_eval.py)."
+    )})
+    max_length: int | None = field(default=None, metadata={"help": (
+        "Context window for lm-eval (longer requests are cut from the left). "
+        "Unset: the model's max_position_embeddings."
+    )})
     skip_tasks: bool = field(default=False, metadata={"help": "Skip the paired tasks (representation metrics only)."})
     # representation
-    parallel_file: str | None = field(default=None, metadata={"help": "Parallel JSONL {\"ko\", \"en\"} for the per-layer alignment metrics. Unset: no representation metrics."})
-    max_pairs: int = field(default=1000, metadata={"help": "Use the first N pairs of --parallel_file (retrieval is among these N, chance = 1/N)."})
-    pooling: str = field(default="mean", metadata={"help": "As in training: 'mean' over real tokens, or 'last' real token."})
-    include_bos: bool = field(default=False, metadata={"help": "Include BOS in mean pooling (excluded by default, as in training)."})
-    max_seq_length: int = field(default=128, metadata={"help": "Parallel sentences are truncated to this many tokens (BOS included), as in training."})
-    rep_batch_size: int = field(default=64, metadata={"help": "Sentences per forward pass for the representation metrics."})
-    report_layer: str = field(default="middle", metadata={"help": "Layer whose gap and retrieval go into results.md: an integer, 'middle' (N // 2, the training default) or 'best' (each model's best layer)."})
+    parallel_file: str | None = field(default=None, metadata={"help": (
+        "Parallel JSONL {\"ko\", \"en\"} for the per-layer alignment metrics. Unset: no representation metrics."
+    )})
+    max_pairs: int = field(default=1000, metadata={"help": (
+        "Use the first N pairs of --parallel_file (retrieval is among these N, chance = 1/N)."
+    )})
+    pooling: str = field(default="mean", metadata={"help": (
+        "As in training: 'mean' over real tokens, or 'last' real token."
+    )})
+    include_bos: bool = field(default=False, metadata={"help": (
+        "Include BOS in mean pooling (excluded by default, as in training)."
+    )})
+    max_seq_length: int = field(default=128, metadata={"help": (
+        "Parallel sentences are truncated to this many tokens (BOS included), as in training."
+    )})
+    rep_batch_size: int = field(default=64, metadata={"help": (
+        "Sentences per forward pass for the representation metrics."
+    )})
+    report_layer: str = field(default="middle", metadata={"help": (
+        "Layer whose gap and retrieval go into results.md: an integer, 'middle' (N // 2, the training default) "
+        "or 'best' (each model's best layer)."
+    )})
     # runtime
-    device: str = field(default="auto", metadata={"help": "'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."})
-    dtype: str = field(default="auto", metadata={"help": "'auto' (bfloat16 on CUDA with bf16 support, else float32), 'float32', 'bfloat16' or 'float16'."})
-    seed: int = field(default=1234, metadata={"help": "Seed handed to lm-eval (the metrics themselves are deterministic)."})
+    device: str = field(default="auto", metadata={"help": (
+        "'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."
+    )})
+    dtype: str = field(default="auto", metadata={"help": (
+        "'auto' (bfloat16 on CUDA with bf16 support, else float32), 'float32', 'bfloat16' or 'float16'."
+    )})
+    seed: int = field(default=1234, metadata={"help": (
+        "Seed handed to lm-eval (the metrics themselves are deterministic)."
+    )})
     plots: bool = field(default=True, metadata={"help": "Write PNG plots (needs matplotlib); --no_plots skips them."})
 
 
 # ----------------------------------------------------------------------------- arguments
 
 
-def parse_args(argv: list[str] | None) -> Arguments:
-    """Leading non-option arguments are checkpoints; a single .json/.yaml argument is an argument file."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(Arguments, usage="eval_agreement.py CKPT [CKPT ...] [--baseline MODEL ...] --output_dir DIR [options]",
-                              description="EN/KO agreement on paired lm-eval tasks and per-layer alignment metrics (see the module docstring).")
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")) and os.path.isfile(argv[0]):
-        if argv[0].endswith(".json"):
-            (args,) = parser.parse_json_file(argv[0])
-        else:
-            (args,) = parser.parse_yaml_file(argv[0])
-        return args
-    lead = []
-    while argv and not argv[0].startswith("-"):
-        lead.append(argv.pop(0))
-    args, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    unknown = [r for r in rest if r.startswith("-")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.models = lead + list(args.models) + rest
-    return args
+USAGE = "eval_agreement.py CKPT [CKPT ...] [--baseline MODEL ...] --output_dir DIR [options]"
+DESCRIPTION = "EN/KO agreement on paired lm-eval tasks and per-layer alignment metrics (see the module docstring)."
+
+
+def parse_args(argv: list[str] | None = None) -> Arguments:
+    """Leading non-option arguments are checkpoints; a first .json/.yaml argument is a config file whose
+    settings the flags after it override (``common.args.parse_arguments``)."""
+    try:
+        return parse_arguments(Arguments, argv, positional="models", usage=USAGE, description=DESCRIPTION)
+    except (FileNotFoundError, ValueError) as e:  # a missing or malformed config file
+        raise EvalError(str(e)) from e
 
 
 def check_args(args: Arguments) -> None:
@@ -133,7 +175,8 @@ def check_args(args: Arguments) -> None:
     if (args.en_data is None) != (args.ko_data is None):
         raise EvalError("give both --en_data and --ko_data, or neither")
     if args.en_data and not args.skip_tasks and len(args.pair) != 1:
-        raise EvalError("--en_data/--ko_data replace the data of a single pair; for several pairs, put the data files in the task YAMLs (--include_path)")
+        raise EvalError("--en_data/--ko_data replace the data of a single pair; for several pairs, "
+                        "put the data files in the task YAMLs (--include_path)")
     for name in ("en_data", "ko_data", "parallel_file"):
         path = getattr(args, name)
         if path and not os.path.isfile(path):
@@ -168,7 +211,8 @@ def resolve_models(args: Arguments) -> list[dict]:
             elif role == "baseline" and looks_like_hub_id(name):
                 entries.append({"source": name, "role": role, "local": False})
             else:
-                problems.append(f"{name}: no such {'checkpoint folder' if role == 'checkpoint' else 'model folder (nor a hub id org/name)'}")
+                what = "checkpoint folder" if role == "checkpoint" else "model folder (nor a hub id org/name)"
+                problems.append(f"{name}: no such {what}")
     if problems:
         total = len(args.models) + len(args.baseline)
         raise EvalError(f"{len(problems)} of {total} models cannot be used:\n  " + "\n  ".join(problems))
@@ -251,7 +295,8 @@ def task_config(task_manager, name: str, data_file: str | None) -> dict | str:
     entry = task_manager.task_index.get(name)
     if entry is None:
         known = ", ".join(task_manager.all_subtasks[:20]) or "none"
-        raise EvalError(f"unknown task {name!r}; tasks found in {[str(TASKS_DIR)] + [str(p) for p in task_manager.include_path[1:]]}: {known}")
+        folders = [str(TASKS_DIR)] + [str(p) for p in task_manager.include_path[1:]]
+        raise EvalError(f"unknown task {name!r}; tasks found in {folders}: {known}")
     if entry.yaml_path is None:
         if data_file:
             raise EvalError(f"task {name} has no YAML config, so its data cannot be replaced")
@@ -262,10 +307,12 @@ def task_config(task_manager, name: str, data_file: str | None) -> dict | str:
     if cfg.get("output_type") != "multiple_choice":
         raise EvalError(f"task {name} has output_type {cfg.get('output_type')!r}; pairs need multiple_choice tasks")
     if data_file:
-        cfg.update(dataset_path="json", dataset_name=None, dataset_kwargs={"data_files": {"test": os.path.abspath(data_file)}},
+        cfg.update(dataset_path="json", dataset_name=None,
+                   dataset_kwargs={"data_files": {"test": os.path.abspath(data_file)}},
                    test_split="test", training_split=None, validation_split=None, fewshot_split=None)
         if cfg.get("num_fewshot"):
-            raise EvalError(f"task {name} asks for {cfg['num_fewshot']}-shot prompts, which need a training split that --en_data/--ko_data do not give")
+            raise EvalError(f"task {name} asks for {cfg['num_fewshot']}-shot prompts, which need a training split "
+                            "that --en_data/--ko_data do not give")
     else:
         absolutise_data_files(cfg, str(entry.yaml_path))
     return cfg
@@ -279,7 +326,8 @@ def load_task(task_manager, spec, where: str, hint: str = ""):
         cause = e
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        raise EvalError(f"cannot load task {where}: {type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}{hint}") from None
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise EvalError(f"cannot load task {where}: {type(cause).__name__}: {first}{hint}") from None
     return next(iter(loaded.values()))
 
 
@@ -299,15 +347,18 @@ def task_items(task, id_field: str, where: str) -> list[dict]:
         if isinstance(gold, str):
             gold = choices.index(gold) if gold in choices else -1
         if isinstance(gold, list) or not 0 <= gold < len(choices):
-            raise EvalError(f"{where}: item {doc_id!r} has gold {gold!r}; a single gold index within its {len(choices)} choices is required")
+            raise EvalError(f"{where}: item {doc_id!r} has gold {gold!r}; "
+                            f"a single gold index within its {len(choices)} choices is required")
         items.append({"id": doc_id, "gold": int(gold), "choices": list(choices)})
     if missing:
-        raise EvalError(f"{where}: {missing} of {missing + len(items)} docs have no field {id_field!r} to join on (--id_field doc_id joins by position)")
+        raise EvalError(f"{where}: {missing} of {missing + len(items)} docs have no field {id_field!r} to join on "
+                        "(--id_field doc_id joins by position)")
     return items
 
 
 def pair_items(en: list[dict], ko: list[dict], en_where: str, ko_where: str, show: int = 5) -> dict:
-    """Check that the two tasks hold the same items; return {id: ko position}. Errors list counts and first mismatches."""
+    """Check that the two tasks hold the same items; return {id: ko position}.
+    Errors list counts and first mismatches."""
     problems = []
     for items, where in ((en, en_where), (ko, ko_where)):
         seen, dups = set(), []
@@ -339,7 +390,8 @@ def pair_items(en: list[dict], ko: list[dict], en_where: str, ko_where: str, sho
     if gold:
         problems.append(f"{len(gold)} ids with a different gold answer index (EN vs KO; first: {gold[:show]})")
     if problems:
-        raise EvalError(f"{en_where} ({len(en)} items) and {ko_where} ({len(ko)} items) do not pair up:\n  " + "\n  ".join(problems))
+        raise EvalError(f"{en_where} ({len(en)} items) and {ko_where} ({len(ko)} items) do not pair up:\n  "
+                        + "\n  ".join(problems))
     return ko_pos
 
 
@@ -347,13 +399,15 @@ def prepare_pairs(args: Arguments) -> list[dict]:
     """Load and cross-check every pair's tasks once, before any model is loaded."""
     from lm_eval.tasks import TaskManager
 
-    task_manager = TaskManager(include_path=[str(TASKS_DIR)] + [os.path.abspath(p) for p in args.include_path], include_defaults=False)
+    include_path = [str(TASKS_DIR)] + [os.path.abspath(p) for p in args.include_path]
+    task_manager = TaskManager(include_path=include_path, include_defaults=False)
     pairs = []
     for spec in args.pair:
         en_name, ko_name = spec.split(":")
         en_where = f"{en_name} ({args.en_data})" if args.en_data else en_name
         ko_where = f"{ko_name} ({args.ko_data})" if args.ko_data else ko_name
-        hint = "" if args.en_data else " (without --en_data/--ko_data the YAML's dataset is read, from the hub unless it names local files)"
+        hint = "" if args.en_data else (" (without --en_data/--ko_data the YAML's dataset is read, "
+                                        "from the hub unless it names local files)")
         en_task = load_task(task_manager, task_config(task_manager, en_name, args.en_data), en_where, hint)
         ko_task = load_task(task_manager, task_config(task_manager, ko_name, args.ko_data), ko_where, hint)
         en_items = task_items(en_task, args.id_field, en_where)
@@ -363,7 +417,8 @@ def prepare_pairs(args: Arguments) -> list[dict]:
         ko_idx = [ko_pos[en_items[i]["id"]] for i in en_idx]
         pairs.append({
             "name": f"{en_name}__{ko_name}", "en": en_name, "ko": ko_name, "en_task": en_task, "ko_task": ko_task,
-            "en_items": en_items, "ko_items": ko_items, "en_idx": en_idx, "ko_idx": ko_idx, "task_manager": task_manager, "id_field": args.id_field,
+            "en_items": en_items, "ko_items": ko_items, "en_idx": en_idx, "ko_idx": ko_idx,
+            "task_manager": task_manager, "id_field": args.id_field,
         })
     return pairs
 
@@ -416,6 +471,28 @@ def predictions(lls: list[float], choices: list[str]) -> tuple[int, int]:
     return int(np.argmax(lls_arr)), int(np.argmax(lls_arr / lengths))
 
 
+def read_samples(samples: list[dict], task: str, items: list[dict], id_field: str) -> dict[int, dict]:
+    """{doc position: {lls, pred, pred_norm}} from lm-eval's logged samples of one task, each checked
+    against its item (id, number of choices) and against lm-eval's own acc/acc_norm."""
+    by_doc = {}
+    for s in samples:
+        lls = [float(r[0]) for r in s["filtered_resps"]]
+        position = s["doc_id"]  # the doc's position in the task's evaluation split
+        item = items[position]
+        if id_field != "doc_id" and s["doc"].get(id_field) != item["id"]:
+            raise RuntimeError(f"{task}: lm-eval's doc {s['doc_id']} is not item {item['id']!r}")
+        if len(lls) != len(item["choices"]):
+            raise RuntimeError(f"{task} doc {s['doc_id']}: {len(lls)} log-likelihoods "
+                               f"for {len(item['choices'])} choices")
+        pred, pred_norm = predictions(lls, item["choices"])
+        # our reading of the samples must reproduce lm-eval's own per-item scores
+        if (("acc" in s and s["acc"] != float(pred == item["gold"]))
+                or ("acc_norm" in s and s["acc_norm"] != float(pred_norm == item["gold"]))):
+            raise RuntimeError(f"{task} doc {s['doc_id']}: predictions disagree with lm-eval's acc/acc_norm")
+        by_doc[position] = {"lls": lls, "pred": pred, "pred_norm": pred_norm}
+    return by_doc
+
+
 def evaluate_pair(lm, pair: dict, seed: int) -> tuple[dict, list[dict]]:
     """Run both tasks of a pair through lm-eval and join the per-item results by id."""
     from lm_eval import simple_evaluate
@@ -426,26 +503,12 @@ def evaluate_pair(lm, pair: dict, seed: int) -> tuple[dict, list[dict]]:
         model=lm, tasks=[pair["en_task"], pair["ko_task"]], task_manager=pair["task_manager"],
         # sorted: lm-eval 0.4.13 labels the k-th selected doc (in file order) with samples[k], so an
         # unsorted list would attach the wrong doc_id to a sample
-        samples=None if whole else {en: sorted(pair["en_idx"]), ko: sorted(pair["ko_idx"])}, log_samples=True, bootstrap_iters=0,
+        samples=None if whole else {en: sorted(pair["en_idx"]), ko: sorted(pair["ko_idx"])},
+        log_samples=True, bootstrap_iters=0,
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
     )
-    per_lang = {}
-    for lang, task, items in (("en", en, pair["en_items"]), ("ko", ko, pair["ko_items"])):
-        by_doc = {}
-        for s in out["samples"][task]:
-            lls = [float(r[0]) for r in s["filtered_resps"]]
-            position = s["doc_id"]  # the doc's position in the task's evaluation split
-            item = items[position]
-            if pair["id_field"] != "doc_id" and s["doc"].get(pair["id_field"]) != item["id"]:
-                raise RuntimeError(f"{task}: lm-eval's doc {s['doc_id']} is not item {item['id']!r}")
-            if len(lls) != len(item["choices"]):
-                raise RuntimeError(f"{task} doc {s['doc_id']}: {len(lls)} log-likelihoods for {len(item['choices'])} choices")
-            pred, pred_norm = predictions(lls, item["choices"])
-            # our reading of the samples must reproduce lm-eval's own per-item scores
-            if ("acc" in s and s["acc"] != float(pred == item["gold"])) or ("acc_norm" in s and s["acc_norm"] != float(pred_norm == item["gold"])):
-                raise RuntimeError(f"{task} doc {s['doc_id']}: predictions disagree with lm-eval's acc/acc_norm")
-            by_doc[position] = {"lls": lls, "pred": pred, "pred_norm": pred_norm}
-        per_lang[lang] = by_doc
+    per_lang = {lang: read_samples(out["samples"][task], task, pair[f"{lang}_items"], pair["id_field"])
+                for lang, task in (("en", en), ("ko", ko))}
     rows = []
     for i, j in zip(pair["en_idx"], pair["ko_idx"]):
         e, k = per_lang["en"][i], per_lang["ko"][j]
@@ -460,58 +523,56 @@ def evaluate_pair(lm, pair: dict, seed: int) -> tuple[dict, list[dict]]:
     result = {
         "en_task": en, "ko_task": ko, "n_items": acc["n"],
         "acc_en": acc["acc_en"], "acc_ko": acc["acc_ko"], "acc_norm_en": norm["acc_en"], "acc_norm_ko": norm["acc_ko"],
-        "agreement": acc["agreement"], "kappa": acc["kappa"], "table": acc["table"], "agreement_en_right": acc["agreement_en_right"],
+        "agreement": acc["agreement"], "kappa": acc["kappa"], "table": acc["table"],
+        "agreement_en_right": acc["agreement_en_right"],
         "agreement_norm": norm["agreement"], "kappa_norm": norm["kappa"], "table_norm": norm["table"],
         "agreement_norm_en_right": norm["agreement_en_right"],
-        "lm_eval": {f"{m}_{lang}": out["results"][t].get(f"{m},none") for lang, t in (("en", en), ("ko", ko)) for m in ("acc", "acc_norm")},
+        "lm_eval": {f"{m}_{lang}": out["results"][t].get(f"{m},none")
+                    for lang, t in (("en", en), ("ko", ko)) for m in ("acc", "acc_norm")},
     }
     return result, rows
+
+
+def evaluate_model_on_pairs(model, tokenizer, label: str, pairs: list[dict], args: Arguments, out_dir: Path,
+                            bar) -> dict:
+    """{pair name: stats} of one model over every pair; the per-item rows go to
+    ``out_dir/label/<pair>.items.jsonl``."""
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+    stats = {}
+    for pair in pairs:
+        bar.set_postfix_str(f"{label}: {pair['en']} / {pair['ko']}")
+        stats[pair["name"]], rows = evaluate_pair(lm, pair, args.seed)
+        item_path = out_dir / label / f"{pair['name']}.items.jsonl"
+        item_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(item_path, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        bar.update(1)
+    return stats
 
 
 # ----------------------------------------------------------------------------- representation
 
 
-def find_decoder_layers(model) -> torch.nn.ModuleList:
-    """The ModuleList of decoder layers: the first one whose length is the number of hidden layers."""
-    n = getattr(model.config.get_text_config(), "num_hidden_layers", None)
-    for _, module in model.base_model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
-            return module
-    raise EvalError(f"{type(model).__name__}: cannot find its {n} decoder layers for the representation metrics")
-
-
-def all_layer_states(model, input_ids, attention_mask, generic: bool = False) -> list[torch.Tensor]:
-    """Hidden states of layers 0..N (N = last decoder layer's output BEFORE the final norm).
-
-    Llama-family models go through ``common.pooling.decoder_hidden_states``, the forward training
-    pools from. Others (GPT-NeoX, GPT-2, ...) through the base model with ``output_hidden_states``,
-    whose last entry (after the final norm) is replaced by the last decoder layer's own output,
-    captured by a forward hook. ``generic=True`` takes the second way for any model (tests compare the two).
-    """
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    if not generic and all(hasattr(decoder, n) for n in ("embed_tokens", "rotary_emb", "layers")):
-        return decoder_hidden_states(model, input_ids, attention_mask, upto=len(decoder.layers))
-    last = find_decoder_layers(model)[-1]
-    captured = {}
-    handle = last.register_forward_hook(lambda mod, inp, out: captured.__setitem__("h", out[0] if isinstance(out, tuple) else out))
-    try:
-        out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-    finally:
-        handle.remove()
-    return list(out.hidden_states[:-1]) + [captured["h"]]
-
-
 @torch.no_grad()
-def encode_layers(model, tokenizer, texts: list[str], args: Arguments, device) -> torch.Tensor:
-    """(N + 1, len(texts), D) float32: the pooled vector of every text at every layer."""
+def encode_layers(model, tokenizer, texts: list[str], args: Arguments, device, label: str) -> torch.Tensor:
+    """(N + 1, len(texts), D) float32: the pooled vector of every text at every layer, layers numbered as
+    in ``common.pooling`` (N = the last decoder layer's output before the final norm)."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths together: little padding
     out = [None] * len(texts)
     saved_side, tokenizer.padding_side = tokenizer.padding_side, "right"
     for start in range(0, len(order), args.rep_batch_size):
         idx = order[start : start + args.rep_batch_size]
-        enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=args.max_seq_length, return_tensors="pt").to(device)
-        states = all_layer_states(model, enc["input_ids"], enc["attention_mask"])
-        mask = pooling_mask(enc["input_ids"], enc["attention_mask"], tokenizer.bos_token_id, exclude_bos=not args.include_bos)
+        enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=args.max_seq_length,
+                        return_tensors="pt").to(device)
+        try:
+            states = layer_states(model, enc["input_ids"], enc["attention_mask"])
+        except TypeError as e:  # common.pooling cannot find this model's decoder layers
+            raise EvalError(f"{label}: no representation metrics for this model ({e})") from e
+        mask = pooling_mask(enc["input_ids"], enc["attention_mask"], tokenizer.bos_token_id,
+                            exclude_bos=not args.include_bos)
         pooled = torch.stack([pool(h, mask, args.pooling).float() for h in states], dim=1).cpu()  # (B, N+1, D)
         for row, i in enumerate(idx):
             out[i] = pooled[row]
@@ -534,10 +595,11 @@ def read_pairs(path: str, max_pairs: int) -> tuple[list[str], list[str]]:
     return ko, en
 
 
-def layer_metrics(model, tokenizer, ko: list[str], en: list[str], args: Arguments, device) -> list[dict]:
-    ko_vecs = encode_layers(model, tokenizer, ko, args, device)
-    en_vecs = encode_layers(model, tokenizer, en, args, device)
-    return [{"layer": layer, **alignment_metrics(ko_vecs[layer], en_vecs[layer])} for layer in range(ko_vecs.shape[0])]
+def layer_metrics(model, tokenizer, ko: list[str], en: list[str], args: Arguments, device, label: str) -> list[dict]:
+    """``alignment_metrics`` of the Korean and English vectors at every layer 0..N."""
+    ko_vecs = encode_layers(model, tokenizer, ko, args, device, label)
+    en_vecs = encode_layers(model, tokenizer, en, args, device, label)
+    return [{"layer": layer, **alignment_metrics(ko_vecs[layer], en_vecs[layer])} for layer in range(len(ko_vecs))]
 
 
 def best_layer(layers: list[dict]) -> int:
@@ -568,7 +630,8 @@ def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments
     head = ["model"]
     for p in pairs:
         suffix = f" ({p['en']}/{p['ko']})" if many else ""
-        head += [f"{p['en']} acc", f"{p['ko']} acc", f"agreement{suffix}", f"kappa{suffix}", f"both right / only EN / only KO / both wrong{suffix}"]
+        head += [f"{p['en']} acc", f"{p['ko']} acc", f"agreement{suffix}", f"kappa{suffix}",
+                 f"both right / only EN / only KO / both wrong{suffix}"]
     has_layers = any(r.get("layers") for r in results.values())
     if has_layers:
         head += ["layer", "gap", "retrieval ko->en", "retrieval en->ko", "best layer"]
@@ -589,17 +652,21 @@ def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments
                 row += ["-"] * 5
             else:
                 m = r["layers"][layer]
-                row += [str(layer), fmt(m["gap"]), fmt(m["retrieval_ko_en"]), fmt(m["retrieval_en_ko"]), str(r["best_layer"])]
+                row += [str(layer), fmt(m["gap"]), fmt(m["retrieval_ko_en"]), fmt(m["retrieval_en_ko"]),
+                        str(r["best_layer"])]
         lines.append(f"| {' | '.join(row)} |")
     text = "# EN/KO agreement\n\n" + "\n".join(lines) + "\n"
     if pairs:
-        norm_head = ["model"] + [h for p in pairs for h in (f"{p['en']} acc_norm", f"{p['ko']} acc_norm", "agreement", "kappa")]
+        norm_head = ["model"]
+        for p in pairs:
+            norm_head += [f"{p['en']} acc_norm", f"{p['ko']} acc_norm", "agreement", "kappa"]
         norm = [f"| {' | '.join(norm_head)} |", "|" + "---|" * len(norm_head)]
         for model, r in results.items():
             row = [model]
             for p in pairs:
                 s = r.get(p["name"], {})
-                row += [fmt(s.get("acc_norm_en")), fmt(s.get("acc_norm_ko")), fmt(s.get("agreement_norm")), fmt(s.get("kappa_norm"))]
+                row += [fmt(s.get("acc_norm_en")), fmt(s.get("acc_norm_ko")), fmt(s.get("agreement_norm")),
+                        fmt(s.get("kappa_norm"))]
             norm.append(f"| {' | '.join(row)} |")
         text += "\nWith acc_norm predictions (log-likelihood / characters of the choice):\n\n" + "\n".join(norm) + "\n"
     n = {p["name"]: len(p["en_idx"]) for p in pairs}
@@ -611,54 +678,68 @@ def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments
 STEP_RE = re.compile(r"(?:checkpoint|step|ckpt|iter)[-_]?(\d+)$")
 
 
+def plot_accuracy_vs_step(plt, path: Path, results: dict, pairs: list[dict], stepped: dict[str, int]) -> None:
+    """One panel per pair: acc_en, acc_ko and agreement against the step of the models named like a
+    checkpoint (``stepped``: {model: step}), one line per run folder."""
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4), squeeze=False)
+    for ax, p in zip(axes[0], pairs):
+        runs = {}
+        for m, step in stepped.items():
+            if p["name"] in results[m]:
+                folder = Path(results[m]["source"]).parent.name or "run"
+                runs.setdefault(folder, []).append((step, results[m][p["name"]]))
+        for run, points in runs.items():
+            points.sort(key=lambda x: x[0])
+            steps = [s for s, _ in points]
+            for key, style in (("acc_en", "o-"), ("acc_ko", "s-"), ("agreement", "^--")):
+                ax.plot(steps, [r[key] for _, r in points], style, label=f"{run}: {key}" if len(runs) > 1 else key)
+        ax.set_xlabel("step")
+        ax.set_title(f"{p['en']} / {p['ko']}")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_layers(plt, path: Path, with_layers: dict[str, list[dict]]) -> None:
+    """Retrieval both ways and the cosine gap against the layer, one line per model."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for m, layers in with_layers.items():
+        xs = [x["layer"] for x in layers]
+        for ax, key in zip(axes, ("retrieval_ko_en", "retrieval_en_ko", "gap")):
+            ax.plot(xs, [x[key] for x in layers], marker=".", label=m)
+    for ax, key in zip(axes, ("retrieval ko->en (P@1)", "retrieval en->ko (P@1)", "parallel - random cosine")):
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_plots(out_dir: Path, results: dict, pairs: list[dict]) -> list[str]:
+    """The PNG plots that the results allow; returns their file names."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import matplotlib.ticker
     except ImportError:
         logger.warning("matplotlib is not installed: no PNG plots")
         return []
     written = []
     stepped = {m: int(STEP_RE.search(m.split("/")[-1]).group(1)) for m in results if STEP_RE.search(m.split("/")[-1])}
     if stepped and pairs:
-        fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4), squeeze=False)
-        for ax, p in zip(axes[0], pairs):
-            runs = {}
-            for m, step in stepped.items():
-                if p["name"] in results[m]:
-                    runs.setdefault(Path(results[m]["source"]).parent.name or "run", []).append((step, results[m][p["name"]]))
-            for run, points in runs.items():
-                points.sort(key=lambda x: x[0])
-                steps = [s for s, _ in points]
-                for key, style in (("acc_en", "o-"), ("acc_ko", "s-"), ("agreement", "^--")):
-                    ax.plot(steps, [r[key] for _, r in points], style, label=f"{run}: {key}" if len(runs) > 1 else key)
-            ax.set_xlabel("step")
-            ax.set_title(f"{p['en']} / {p['ko']}")
-            ax.legend(fontsize=7)
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out_dir / "accuracy_vs_step.png", dpi=100)
-        plt.close(fig)
+        plot_accuracy_vs_step(plt, out_dir / "accuracy_vs_step.png", results, pairs, stepped)
         written.append("accuracy_vs_step.png")
     with_layers = {m: r["layers"] for m, r in results.items() if r.get("layers")}
     if with_layers:
-        fig, axes = plt.subplots(1, 3, figsize=(16, 4))
-        for m, layers in with_layers.items():
-            xs = [x["layer"] for x in layers]
-            for ax, key in zip(axes, ("retrieval_ko_en", "retrieval_en_ko", "gap")):
-                ax.plot(xs, [x[key] for x in layers], marker=".", label=m)
-        for ax, key in zip(axes, ("retrieval ko->en (P@1)", "retrieval en->ko (P@1)", "parallel - random cosine")):
-            ax.set_xlabel("layer (0 = embeddings)")
-            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-            ax.set_title(key)
-            ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / "retrieval_per_layer.png", dpi=100)
-        plt.close(fig)
+        plot_layers(plt, out_dir / "retrieval_per_layer.png", with_layers)
         written.append("retrieval_per_layer.png")
     return written
 
@@ -701,33 +782,21 @@ def main(argv: list[str] | None = None) -> dict:
         model, tokenizer = load_model(entry, device, dtype)
         bar.update(1)
         result = {"source": entry["source"], "role": entry["role"]}
-        lm = None
         if pairs:
-            from lm_eval.models.huggingface import HFLM
-
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, max_length=args.max_length)
-            for pair in pairs:
-                bar.set_postfix_str(f"{label}: {pair['en']} / {pair['ko']}")
-                stats, rows = evaluate_pair(lm, pair, args.seed)
-                result[pair["name"]] = stats
-                item_path = out_dir / label / f"{pair['name']}.items.jsonl"
-                item_path.parent.mkdir(parents=True, exist_ok=True)
-                with open(item_path, "w", encoding="utf-8") as f:
-                    for row in rows:
-                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                bar.update(1)
+            result.update(evaluate_model_on_pairs(model, tokenizer, label, pairs, args, out_dir, bar))
         if ko_texts:
             bar.set_postfix_str(f"{label}: layers")
-            result["layers"] = layer_metrics(model, tokenizer, ko_texts, en_texts, args, device)
+            result["layers"] = layer_metrics(model, tokenizer, ko_texts, en_texts, args, device, label)
             result["best_layer"] = best_layer(result["layers"])
             bar.update(1)
         results[label] = result
-        del model, lm
+        del model
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         # written after every model, so a crash late in a long list keeps the finished ones
-        (out_dir / "results.json").write_text(json.dumps(json_safe(results), indent=2, ensure_ascii=False), encoding="utf-8")
+        (out_dir / "results.json").write_text(json.dumps(json_safe(results), indent=2, ensure_ascii=False),
+                                              encoding="utf-8")
     bar.close()
     write_markdown(out_dir / "results.md", results, pairs, args)
     plots = write_plots(out_dir, results, pairs) if args.plots else []

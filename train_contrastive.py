@@ -8,7 +8,8 @@ one batch of it per batch of pairs. Layer numbering: 0 = embeddings, L = output 
 (see common/pooling.py).
 
 Launch:
-    accelerate launch train_contrastive.py                       # embedded demo: tiny model, shipped pairs
+    accelerate launch train_contrastive.py                       # embedded demo: data/demo/stage1.yaml
+    accelerate launch train_contrastive.py data/demo/stage1.yaml --pool_layer 1 --output_dir runs/demo_l1
     accelerate launch train_contrastive.py \\
         --model_name_or_path princeton-nlp/Sheared-LLaMA-1.3B-ShareGPT-ko \\
         --train_file data/parallel/train.jsonl --validation_file data/parallel/validation.jsonl \\
@@ -16,7 +17,7 @@ Launch:
     accelerate launch --config_file ds_configs/accelerate_zero2.yaml train_contrastive.py stage1.yaml
     accelerate launch train_contrastive.py --resume_from_checkpoint latest --output_dir runs/stage1 ...
 
-A single .json or .yaml argument file works in place of the flags.
+A .json or .yaml config file may come first; flags after it override its values (common/args.py).
 """
 
 import json
@@ -25,6 +26,7 @@ import math
 import os
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +34,7 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from datasets import Dataset
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler
@@ -47,64 +49,131 @@ from common.data import (
     iter_parallel_jsonl,
     load_text_blocks,
 )
+from common.demo import demo_config
 from common.distributed import configure_deepspeed, full_parameters, process_group_kwargs, unpartitioned
-from common.demo import tiny_llama, train_demo_tokenizer
 from common.losses import info_nce
 from common.metrics import alignment_metrics
-from common.pooling import LayerMixture, decoder_hidden_states, pool, pooling_mask
+from common.pooling import LayerMixture, pooled_layers
 
 logger = logging.getLogger("train_contrastive")
-DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
+DEMO_CONFIG = demo_config("stage1")
 
 
 @dataclass
 class Arguments:
     # model and data
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Hugging Face causal LM folder or hub id. Unset: the embedded demo (a tiny random Llama and a tokenizer trained on the shipped demo pairs)."})
-    train_file: str | None = field(default=None, metadata={"help": "Parallel JSONL, one {\"ko\", \"en\", \"source\"} a line. Unset: data/demo/train.jsonl."})
-    validation_file: str | None = field(default=None, metadata={"help": "Parallel JSONL for the alignment metrics every --eval_steps. Unset with no --train_file: data/demo/validation.jsonl."})
-    output_dir: str = field(default="runs/contrastive", metadata={"help": "Where checkpoint-{step} folders and TensorBoard logs go."})
-    max_seq_length: int = field(default=128, metadata={"help": "Sentences are truncated to this many tokens (BOS included)."})
-    group_by_length: bool = field(default=True, metadata={"help": "Batch sentences of similar length together (less padding); contents stay random at the scale of 64 batches."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes per training process."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": (
+        "Hugging Face causal LM folder or hub id (the embedded demo's: data/demo/model, a tiny random Llama "
+        "and a tokenizer trained on the shipped demo pairs)."
+    )})
+    train_file: str | None = field(default=None, metadata={"help": (
+        "Parallel JSONL, one {\"ko\", \"en\", \"source\"} a line (the demo's: data/demo/train.jsonl)."
+    )})
+    validation_file: str | None = field(default=None, metadata={"help": (
+        "Parallel JSONL for the alignment metrics every --eval_steps (the demo's: "
+        "data/demo/validation.jsonl)."
+    )})
+    output_dir: str = field(default="runs/contrastive", metadata={"help": (
+        "Where checkpoint-{step} folders, log.jsonl and TensorBoard logs go."
+    )})
+    max_seq_length: int = field(default=128, metadata={"help": (
+        "Sentences are truncated to this many tokens (BOS included)."
+    )})
+    group_by_length: bool = field(default=True, metadata={"help": (
+        "Batch sentences of similar length together (less padding); contents stay random at the scale of 64 "
+        "batches."
+    )})
+    dataloader_num_workers: int = field(default=0, metadata={"help": (
+        "DataLoader worker processes per training process."
+    )})
     # representation
-    pool_layer: int | None = field(default=None, metadata={"help": "Pool the hidden state of this layer: 0 = embedding output, L = output of decoder layer L (1..N). Unset and no --mix_layers: the middle layer N // 2."})
-    mix_layers: str | None = field(default=None, metadata={"help": "'A-B': a trainable softmax-weighted mixture of the pooled vectors of layers A..B (inclusive) instead of one layer."})
-    mix_learning_rate: float = field(default=1e-2, metadata={"help": "Learning rate of the mixture logits (at a model's rate they barely move)."})
-    mix_temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the mixture; below 1 separates the weights faster."})
+    pool_layer: int | None = field(default=None, metadata={"help": (
+        "Pool the hidden state of this layer: 0 = embedding output, L = output of decoder layer L (1..N). "
+        "Unset and no --mix_layers: the middle layer N // 2."
+    )})
+    mix_layers: str | None = field(default=None, metadata={"help": (
+        "'A-B': a trainable softmax-weighted mixture of the pooled vectors of layers A..B (inclusive) instead"
+        " of one layer."
+    )})
+    mix_learning_rate: float = field(default=1e-2, metadata={"help": (
+        "Learning rate of the mixture logits (at a model's rate they barely move)."
+    )})
+    mix_temperature: float = field(default=1.0, metadata={"help": (
+        "Softmax temperature of the mixture; below 1 separates the weights faster."
+    )})
     pooling: str = field(default="mean", metadata={"help": "'mean' over real tokens, or 'last' real token."})
-    include_bos: bool = field(default=False, metadata={"help": "Include the BOS token in mean pooling (it is excluded by default: it carries no meaning and its hidden state is huge)."})
+    include_bos: bool = field(default=False, metadata={"help": (
+        "Include the BOS token in mean pooling (it is excluded by default: it carries no meaning and its "
+        "hidden state is huge)."
+    )})
     # what trains
-    english_encoder: str = field(default="shared", metadata={"help": "'shared': English through the trained model too; 'frozen': through a frozen copy of the starting model (no gradient, eval mode, not in the optimizer)."})
-    trainable: str = field(default="all", metadata={"help": "'all', 'embeddings' (input embeddings only), or comma-separated regexes of parameter names (e.g. 'embed_tokens,layers\\.[0-5]\\.'); everything else is frozen and stays bitwise unchanged."})
+    english_encoder: str = field(default="shared", metadata={"help": (
+        "'shared': English through the trained model too; 'frozen': through a frozen copy of the starting "
+        "model (no gradient, eval mode, not in the optimizer)."
+    )})
+    trainable: str = field(default="all", metadata={"help": (
+        "'all', 'embeddings' (input embeddings only), or comma-separated regexes of parameter names (e.g. "
+        "'embed_tokens,layers\\.[0-5]\\.'); everything else is frozen and stays bitwise unchanged."
+    )})
     # objective
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature tau."})
-    symmetric: bool = field(default=True, metadata={"help": "Average the ko->en and en->ko InfoNCE directions (else ko->en only)."})
+    symmetric: bool = field(default=True, metadata={"help": (
+        "Average the ko->en and en->ko InfoNCE directions (else ko->en only)."
+    )})
     cl_weight: float = field(default=1.0, metadata={"help": "Weight of the contrastive loss."})
-    lm_weight: float = field(default=0.0, metadata={"help": "Weight of the next-token loss on --lm_train_file; 0 turns it off (and the contrastive forward stops at the deepest pooled layer)."})
-    lm_train_file: str | None = field(default=None, metadata={"help": "Monolingual text for the LM loss: JSONL {\"text\", \"lang\"} or plain text, one document a line."})
+    lm_weight: float = field(default=0.0, metadata={"help": (
+        "Weight of the next-token loss on --lm_train_file; 0 turns it off (and the contrastive forward stops "
+        "at the deepest pooled layer)."
+    )})
+    lm_train_file: str | None = field(default=None, metadata={"help": (
+        "Monolingual text for the LM loss: JSONL {\"text\", \"lang\"} or plain text, one document a line."
+    )})
     block_size: int = field(default=512, metadata={"help": "Length of the packed LM blocks."})
     per_device_lm_batch_size: int = field(default=4, metadata={"help": "LM blocks per process per step."})
     # optimisation
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Parallel pairs per process per step; negatives are gathered from all processes."})
-    learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate of the model. Unset: 2e-5, or 1e-3 for the embedded demo's random model."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay for matrices; never applied to embeddings, norms, biases or mixture logits."})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name: linear, cosine, constant_with_warmup, ..."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": (
+        "Parallel pairs per process per step; negatives are gathered from all processes."
+    )})
+    learning_rate: float = field(default=2e-5, metadata={"help": (
+        "Peak learning rate of the model (the embedded demo's random model uses 1e-3)."
+    )})
+    weight_decay: float = field(default=0.0, metadata={"help": (
+        "AdamW weight decay for matrices; never applied to embeddings, norms, biases or mixture logits."
+    )})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": (
+        "transformers scheduler name: linear, cosine, constant_with_warmup, ..."
+    )})
     warmup_ratio: float = field(default=0.03, metadata={"help": "Share of the steps spent warming up."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 turns it off."})
-    max_steps: int = field(default=-1, metadata={"help": "Total optimizer steps; overrides --num_train_epochs when > 0. Unset for the demo: 400."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs, one epoch being one pass over the larger of the pair and LM streams."})
+    max_steps: int = field(default=-1, metadata={"help": (
+        "Total optimizer steps; overrides --num_train_epochs when > 0."
+    )})
+    num_train_epochs: float = field(default=1.0, metadata={"help": (
+        "Epochs, one epoch being one pass over the larger of the pair and LM streams."
+    )})
     seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order and everything else."})
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (ignored under a DeepSpeed config, which sets its own)."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass to save memory."})
+    bf16: bool = field(default=False, metadata={"help": (
+        "bf16 mixed precision (ignored under a DeepSpeed config, which sets its own)."
+    )})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": (
+        "Recompute activations in the backward pass to save memory."
+    )})
     # bookkeeping
     logging_steps: int = field(default=10, metadata={"help": "Log the losses every N steps."})
-    eval_steps: int = field(default=100, metadata={"help": "Alignment metrics on the validation pairs every N steps (and at step 0)."})
-    max_eval_pairs: int = field(default=1000, metadata={"help": "Use at most this many validation pairs (the first ones)."})
+    eval_steps: int = field(default=100, metadata={"help": (
+        "Alignment metrics on the validation pairs every N steps (and at step 0)."
+    )})
+    max_eval_pairs: int = field(default=1000, metadata={"help": (
+        "Use at most this many validation pairs (the first ones)."
+    )})
     save_steps: int = field(default=500, metadata={"help": "Write checkpoint-{step} every N steps (and at the end)."})
     save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."})
-    report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker: 'tensorboard', 'wandb', ..., or 'none'."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": (
+        "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."
+    )})
+    report_to: str = field(default="tensorboard", metadata={"help": (
+        "accelerate tracker: 'tensorboard', 'wandb', ..., or 'none'."
+    )})
 
 
 def check_args(args: Arguments, num_layers: int) -> list[int]:
@@ -119,7 +188,8 @@ def check_args(args: Arguments, num_layers: int) -> list[int]:
     else:
         layers = [num_layers // 2 if args.pool_layer is None else args.pool_layer]
     if not all(0 <= layer <= num_layers for layer in layers):
-        raise ValueError(f"layers {layers[0]}..{layers[-1]} are outside 0..{num_layers} (the model has {num_layers} decoder layers)")
+        raise ValueError(f"layers {layers[0]}..{layers[-1]} are outside 0..{num_layers} "
+                         f"(the model has {num_layers} decoder layers)")
     choices = {"pooling": ("mean", "last"), "english_encoder": ("shared", "frozen")}
     for name, allowed in choices.items():
         if getattr(args, name) not in allowed:
@@ -135,10 +205,10 @@ def check_args(args: Arguments, num_layers: int) -> list[int]:
     return layers
 
 
-def ddp_kwargs(args: Arguments) -> DistributedDataParallelKwargs:
+def ddp_kwargs(lm_weight: float) -> DistributedDataParallelKwargs:
     """Without an LM loss, lm_head and the layers above the pooled one get no gradient, and DDP then
     skips its gradient all-reduce silently unless it searches for unused parameters each step."""
-    return DistributedDataParallelKwargs(find_unused_parameters=args.lm_weight == 0)
+    return DistributedDataParallelKwargs(find_unused_parameters=lm_weight == 0)
 
 
 def select_trainable(model: nn.Module, spec: str) -> list[str]:
@@ -161,67 +231,66 @@ def select_trainable(model: nn.Module, spec: str) -> list[str]:
     return names
 
 
-def pooled_layers(lm: nn.Module, input_ids, attention_mask, layers: list[int], args: Arguments, bos_token_id) -> torch.Tensor:
-    """(K, B, D): the pooled vectors of ``layers``, running the model only as deep as the deepest one."""
-    states = decoder_hidden_states(lm, input_ids, attention_mask, upto=max(layers))
-    mask = pooling_mask(input_ids, attention_mask, bos_token_id, exclude_bos=not args.include_bos)
-    return torch.stack([pool(states[layer], mask, args.pooling) for layer in layers])
-
-
 class ContrastiveModel(nn.Module):
     """The trained LM and its layer mixture as one module, so DDP and DeepSpeed see one forward per
     step (two forwards before one backward would confuse DDP's unused-parameter search).
 
-    forward returns the Korean vectors (B, D), the English vectors (B, D) and the LM loss (or None).
-    With a frozen English encoder, its per-layer pooled vectors come in as ``en_layers`` (K, B, D)
-    and only the mixture is applied here, so the mixture weights see both languages either way.
+    A sentence vector is the pooled hidden state of ``layers`` (one layer, or several mixed by the
+    trainable ``mixture``), pooled by ``pooling`` ('mean' or 'last') over the real tokens, BOS
+    excluded when ``exclude_bos``. ``forward`` returns the Korean vectors (B, D), the English vectors
+    (B, D) and the LM loss on ``lm_input_ids`` (or None). The English side goes through ``encode`` like
+    the Korean one, through the trained LM or through ``english_encoder`` (a frozen copy, run without
+    gradient; the mixture, trainable, still applies to its layers, so it sees both languages).
     """
 
-    def __init__(self, lm: nn.Module, layers: list[int], args: Arguments, bos_token_id: int | None, mixture: LayerMixture | None):
+    def __init__(self, lm: nn.Module, *, layers: list[int], pooling: str = "mean", exclude_bos: bool = True,
+                 bos_token_id: int | None = None, mixture: LayerMixture | None = None):
         super().__init__()
-        self.lm, self.layers, self.args, self.bos_token_id, self.mixture = lm, layers, args, bos_token_id, mixture
+        if mixture is not None and list(mixture.layers) != list(layers):
+            raise ValueError(f"the mixture is over layers {mixture.layers}, the model pools {layers}")
+        if mixture is None and len(layers) != 1:
+            raise ValueError(f"several layers {layers} need a mixture")
+        self.lm, self.mixture = lm, mixture
+        self.pool_kwargs = dict(layers=list(layers), pooling=pooling, exclude_bos=exclude_bos,
+                                bos_token_id=bos_token_id)
         self.config = lm.config  # DeepSpeed's "auto" bucket sizes are read from model.config
 
-    def combine(self, per_layer: torch.Tensor) -> torch.Tensor:
+    @property
+    def layers(self) -> list[int]:
+        return self.pool_kwargs["layers"]
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor, encoder: nn.Module | None = None) -> Tensor:
+        """(B, D) sentence vectors through the trained LM, or through a frozen ``encoder`` (no gradient)."""
+        with torch.no_grad() if encoder is not None else nullcontext():
+            per_layer = pooled_layers(encoder if encoder is not None else self.lm, input_ids, attention_mask,
+                                      **self.pool_kwargs)
         return self.mixture(per_layer) if self.mixture is not None else per_layer[0]
 
-    def encode(self, input_ids, attention_mask) -> torch.Tensor:
-        return self.combine(pooled_layers(self.lm, input_ids, attention_mask, self.layers, self.args, self.bos_token_id))
-
-    def forward(self, ko_input_ids, ko_attention_mask, en_input_ids=None, en_attention_mask=None, en_layers=None, lm_input_ids=None):
+    def forward(self, ko_input_ids, ko_attention_mask, en_input_ids, en_attention_mask, english_encoder=None,
+                lm_input_ids=None):
         ko = self.encode(ko_input_ids, ko_attention_mask)
-        en = self.combine(en_layers) if en_layers is not None else self.encode(en_input_ids, en_attention_mask)
+        en = self.encode(en_input_ids, en_attention_mask, encoder=english_encoder)
         lm_loss = self.lm(input_ids=lm_input_ids, labels=lm_input_ids).loss if lm_input_ids is not None else None
         return ko, en, lm_loss
 
 
-def training_losses(model: nn.Module, frozen_en: nn.Module | None, batch: dict, lm_batch: torch.Tensor | None, args: Arguments):
-    """One step's losses: (total, contrastive, LM or None). ``model`` is the prepared ContrastiveModel."""
-    en_layers = None
-    if frozen_en is not None:
-        inner = model.module if hasattr(model, "module") else model
-        with torch.no_grad():
-            en_layers = pooled_layers(frozen_en, batch["en_input_ids"], batch["en_attention_mask"], inner.layers, args, inner.bos_token_id)
-        batch = {"ko_input_ids": batch["ko_input_ids"], "ko_attention_mask": batch["ko_attention_mask"]}
-    ko, en, lm_loss = model(**batch, en_layers=en_layers, lm_input_ids=lm_batch)
-    cl_loss = info_nce(ko, en, temperature=args.temperature, symmetric=args.symmetric)
-    total = args.cl_weight * cl_loss + (args.lm_weight * lm_loss if lm_loss is not None else 0.0)
+def step_losses(ko: Tensor, en: Tensor, lm_loss: Tensor | None, *, temperature: float, symmetric: bool,
+                cl_weight: float, lm_weight: float) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One step's losses (total, contrastive, LM or None): cl_weight * InfoNCE(ko, en) + lm_weight * LM."""
+    cl_loss = info_nce(ko, en, temperature=temperature, symmetric=symmetric)
+    total = cl_weight * cl_loss + (lm_weight * lm_loss if lm_loss is not None else 0.0)
     return total, cl_loss, lm_loss
 
 
 @torch.no_grad()
-def evaluate(model: ContrastiveModel, frozen_en: nn.Module | None, loader: DataLoader, device) -> dict[str, float]:
+def evaluate(model: ContrastiveModel, loader: DataLoader, device, english_encoder: nn.Module | None = None) -> dict:
     """Alignment metrics on the validation pairs (every process computes them; they are cheap)."""
     model.eval()
     kos, ens = [], []
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         kos.append(model.encode(batch["ko_input_ids"], batch["ko_attention_mask"]).float())
-        if frozen_en is None:
-            ens.append(model.encode(batch["en_input_ids"], batch["en_attention_mask"]).float())
-        else:
-            per_layer = pooled_layers(frozen_en, batch["en_input_ids"], batch["en_attention_mask"], model.layers, model.args, model.bos_token_id)
-            ens.append(model.combine(per_layer).float())
+        ens.append(model.encode(batch["en_input_ids"], batch["en_attention_mask"], encoder=english_encoder).float())
     model.train()
     return alignment_metrics(torch.cat(kos), torch.cat(ens))
 
@@ -239,45 +308,31 @@ def load_pairs(path: str, tokenizer, max_len: int) -> Dataset:
 
 
 def main(argv: list[str] | None = None):
-    args = parse_arguments(Arguments, argv)
-
-    demo = args.model_name_or_path is None
-    if args.train_file is None:
-        args.train_file = str(DEMO_DIR / "train.jsonl")
-        args.validation_file = args.validation_file or str(DEMO_DIR / "validation.jsonl")
-    if args.learning_rate is None:
-        args.learning_rate = 1e-3 if demo else 2e-5
-    if demo and args.max_steps <= 0:
-        args.max_steps = 400
-    num_layers = 4 if demo else AutoConfig.from_pretrained(args.model_name_or_path).num_hidden_layers
-    layers = check_args(args, num_layers)
+    args = parse_arguments(Arguments, argv, default_config=DEMO_CONFIG)
+    if not args.model_name_or_path or not args.train_file:
+        raise ValueError("give --model_name_or_path and --train_file, or a config file "
+                         f"(no argument at all runs the embedded demo, {DEMO_CONFIG})")
+    layers = check_args(args, AutoConfig.from_pretrained(args.model_name_or_path).num_hidden_layers)
 
     accelerator = Accelerator(
         mixed_precision="bf16" if args.bf16 else None,
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=args.output_dir,
-        kwargs_handlers=[ddp_kwargs(args), *process_group_kwargs()],
+        kwargs_handlers=[*process_group_kwargs(), ddp_kwargs(args.lm_weight)],
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO if accelerator.is_main_process else logging.WARNING)
+    # [shared: setup]
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     set_seed(args.seed)
     if accelerator.is_main_process:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    # [/shared]
 
     # Tokenizer and model
-    if demo:
-        texts = [row[side] for row in iter_parallel_jsonl(args.train_file) for side in ("ko", "en")]
-        tokenizer = train_demo_tokenizer(texts)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-
-    def load_model():  # the starting model; deterministic, so two calls give the same weights
-        if demo:
-            return tiny_llama(len(tokenizer), num_layers=num_layers, seed=args.seed)
-        return AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
-
-    lm = load_model()
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     if tokenizer.pad_token is None:  # Llama tokenizers have none; padded positions are masked anyway
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    lm = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
     if args.gradient_checkpointing:
         lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     lm.config.use_cache = False
@@ -286,11 +341,12 @@ def main(argv: list[str] | None = None):
     frozen_en = None
     if args.english_encoder == "frozen":
         with unpartitioned(accelerator):
-            frozen_en = load_model().requires_grad_(False).eval()
-        frozen_en.to(accelerator.device, dtype=torch.bfloat16 if args.bf16 else None)
+            frozen_en = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
+        frozen_en.requires_grad_(False).eval().to(accelerator.device, dtype=torch.bfloat16 if args.bf16 else None)
     trainable = select_trainable(lm, args.trainable)
     mixture = LayerMixture(layers, args.mix_temperature) if args.mix_layers else None
-    model = ContrastiveModel(lm, layers, args, tokenizer.bos_token_id, mixture)
+    model = ContrastiveModel(lm, layers=layers, pooling=args.pooling, exclude_bos=not args.include_bos,
+                             bos_token_id=tokenizer.bos_token_id, mixture=mixture)
     logger.info("representation: %s of layer(s) %s; %d trainable parameter tensors; English encoder %s",
                 args.pooling, layers, len(trainable), args.english_encoder)
 
@@ -302,11 +358,15 @@ def main(argv: list[str] | None = None):
         val_pairs = load_pairs(args.validation_file, tokenizer, args.max_seq_length) if args.validation_file else None
         lm_blocks = None
         if args.lm_weight > 0:
-            lm_blocks = load_text_blocks(args.lm_train_file, tokenizer, args.block_size, lm.config.max_position_embeddings)
-    pair_sampler = LengthGroupedBatchSampler(train_pairs["length"], global_batch, seed=args.seed, group_by_length=args.group_by_length)
+            lm_blocks = load_text_blocks(args.lm_train_file, tokenizer, args.block_size,
+                                         lm.config.max_position_embeddings)
+    pair_sampler = LengthGroupedBatchSampler(train_pairs["length"], global_batch, seed=args.seed,
+                                             group_by_length=args.group_by_length)
     samplers = [pair_sampler]
     if lm_blocks is not None:
-        samplers.append(LengthGroupedBatchSampler([args.block_size] * len(lm_blocks), args.per_device_lm_batch_size * world, seed=args.seed + 1, group_by_length=False))
+        samplers.append(LengthGroupedBatchSampler([args.block_size] * len(lm_blocks),
+                                                  args.per_device_lm_batch_size * world, seed=args.seed + 1,
+                                                  group_by_length=False))
     steps_per_epoch = max(len(s) for s in samplers)
     max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
 
@@ -320,7 +380,8 @@ def main(argv: list[str] | None = None):
         groups.append({"params": list(mixture.parameters()), "weight_decay": 0.0, "lr": args.mix_learning_rate})
     groups = [g for g in groups if g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, fused=accelerator.device.type == "cuda")
-    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=int(args.warmup_ratio * max_steps), num_training_steps=max_steps)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=int(args.warmup_ratio * max_steps),
+                              num_training_steps=max_steps)
 
     # Prepare. The dataloaders are not prepared: they already yield this process's slice. The
     # scheduler is stepped once per optimizer step by us and checkpointed alongside.
@@ -328,6 +389,7 @@ def main(argv: list[str] | None = None):
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
+    # [shared: resume]
     # Resume: weights, optimizer, scheduler and RNG from the checkpoint; the data position from the
     # step alone, because the batch plan depends only on (seed, epoch).
     start_step = 0
@@ -335,21 +397,25 @@ def main(argv: list[str] | None = None):
         ckpt, start_step = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
         accelerator.load_state(str(ckpt / "accelerate_state"))
         logger.info("resumed from %s at step %d", ckpt, start_step)
+    # [/shared]
 
     collate = ParallelCollator(tokenizer, pad_to_multiple_of=8 if accelerator.device.type == "cuda" else None)
-    pair_loader = DataLoader(train_pairs, batch_sampler=ShardedBatches(pair_sampler, start_step, rank, world), collate_fn=collate, num_workers=args.dataloader_num_workers)
+    pair_loader = DataLoader(train_pairs, batch_sampler=ShardedBatches(pair_sampler, start_step, rank, world),
+                             collate_fn=collate, num_workers=args.dataloader_num_workers)
     streams = [pair_loader]
     if lm_blocks is not None:
-        lm_loader = DataLoader(lm_blocks.with_format("torch"), batch_sampler=ShardedBatches(samplers[1], start_step, rank, world), num_workers=args.dataloader_num_workers)
-        streams.append(lm_loader)
+        streams.append(DataLoader(lm_blocks.with_format("torch"), num_workers=args.dataloader_num_workers,
+                                  batch_sampler=ShardedBatches(samplers[1], start_step, rank, world)))
     val_loader = None
     if val_pairs is not None:
         val_pairs = val_pairs.select(range(min(len(val_pairs), args.max_eval_pairs)))
         val_loader = DataLoader(val_pairs, batch_size=args.per_device_train_batch_size, collate_fn=collate)
 
+    # [shared: trackers]
     if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("tensorboard" if args.report_to == "tensorboard" else "koen-align",
-                                  config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
+        hparams = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("tensorboard" if args.report_to == "tensorboard" else "koen-align", config=hparams)
+    # [/shared]
     logger.info("%d pairs, %d steps per epoch, %d steps, global batch %d over %d process(es)",
                 len(train_pairs), steps_per_epoch, max_steps, global_batch, world)
 
@@ -358,19 +424,28 @@ def main(argv: list[str] | None = None):
         with full_parameters(accelerator, [mixture.logits]), torch.no_grad():  # sharded under ZeRO-3
             return mixture.weights().tolist()
 
+    # [shared: write_log]
     def write_log(record: dict, step: int) -> None:
         accelerator.log(record, step=step)
         if accelerator.is_main_process:  # the same numbers as JSON lines, easy to plot or diff
             with open(Path(args.output_dir) / "log.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **record}) + "\n")
+    # [/shared]
 
     def log_eval(step: int) -> None:
         if val_loader is None:
             return
         with accelerator.autocast():  # the same precision as the training forward
-            metrics = evaluate(accelerator.unwrap_model(model), frozen_en, val_loader, accelerator.device)
+            metrics = evaluate(accelerator.unwrap_model(model), val_loader, accelerator.device, frozen_en)
         write_log({f"eval/{k}": v for k, v in metrics.items()}, step)
         logger.info("step %d eval: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+    def save(step: int) -> None:
+        extra_files = {}
+        if mixture is not None:  # the learned layer weights, readable without loading anything
+            extra_files["layer_weights.json"] = json.dumps(dict(zip(map(str, layers), layer_weights())), indent=2)
+        save_checkpoint(accelerator, model, tokenizer, args.output_dir, step, asdict(args),
+                        args.save_total_limit, submodule="lm", extra_files=extra_files)
 
     # Loop
     if start_step == 0:
@@ -385,7 +460,10 @@ def main(argv: list[str] | None = None):
             break
         batch = {k: v.to(accelerator.device) for k, v in batches[0].items()}
         lm_batch = batches[1]["input_ids"].to(accelerator.device) if len(batches) > 1 else None
-        loss, cl_loss, lm_loss = training_losses(model, frozen_en, batch, lm_batch, args)
+        ko, en, lm_loss = model(**batch, english_encoder=frozen_en, lm_input_ids=lm_batch)
+        loss, cl_loss, lm_loss = step_losses(ko, en, lm_loss, temperature=args.temperature, symmetric=args.symmetric,
+                                             cl_weight=args.cl_weight, lm_weight=args.lm_weight)
+        # [shared: optimizer step]
         accelerator.backward(loss)
         if args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -394,6 +472,7 @@ def main(argv: list[str] | None = None):
         optimizer.zero_grad(set_to_none=True)
         step += 1
         progress.update(1)
+        # [/shared]
         window["cl_loss"].append(cl_loss.detach())
         if lm_loss is not None:
             window["lm_loss"].append(lm_loss.detach())
@@ -411,20 +490,20 @@ def main(argv: list[str] | None = None):
             logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
             window = {"cl_loss": [], "lm_loss": []}
             t0 = time.perf_counter()
+        # [shared: pacing]
         if step % args.eval_steps == 0 or step == max_steps:
             log_eval(step)
         if step % args.save_steps == 0 or step == max_steps:
-            mixture_weights = {}
-            if mixture is not None:  # the learned layer weights, readable without loading anything
-                mixture_weights["layer_weights.json"] = json.dumps(dict(zip(map(str, layers), layer_weights())), indent=2)
-            save_checkpoint(accelerator, model, tokenizer, args.output_dir, step, asdict(args),
-                            args.save_total_limit, submodule="lm", extra_files=mixture_weights)
+            save(step)
         if step % args.eval_steps == 0 or step % args.save_steps == 0:
             t0 = time.perf_counter()  # throughput counts training steps only
+        # [/shared]
+    # [shared: finish]
     progress.close()
     accelerator.end_training()
     if accelerator.is_main_process:
         logger.info("done: %s", Path(args.output_dir) / f"checkpoint-{step}")
+    # [/shared]
     return accelerator.unwrap_model(model), frozen_en  # for tests
 
 

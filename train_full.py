@@ -7,7 +7,7 @@ over the longest, the others restart, reshuffled, when exhausted. Every --eval_s
 on Korean and on English validation text.
 
 Launch:
-    accelerate launch train_full.py                             # embedded demo: tiny model, shipped text
+    accelerate launch train_full.py                             # embedded demo: data/demo/stage3.yaml
     accelerate launch train_full.py --model_name_or_path runs/stage2/checkpoint-2000 \\
         --train_file data/mono/ko_train.jsonl --en_train_file data/mono/en_train.jsonl --ko_ratio 0.7 \\
         --instruction_file data/sft/ko_en_chat.jsonl --validation_file data/mono/ko_val.jsonl \\
@@ -15,7 +15,7 @@ Launch:
         --output_dir runs/stage3
     accelerate launch train_full.py --resume_from_checkpoint latest --output_dir runs/stage3 ...
 
-A single .json or .yaml argument file works in place of the flags.
+A .json or .yaml config file may come first; flags after it override its values (common/args.py).
 """
 
 import json
@@ -40,50 +40,102 @@ from common.data import (
     ShardedBatches,
     dataset_from_rows,
     iter_instructions,
-    iter_mono_texts,
     load_text_blocks,
     tokenize_instruction,
 )
+from common.demo import demo_config
 from common.distributed import configure_deepspeed, process_group_kwargs
-from common.demo import tiny_llama, train_demo_tokenizer
 from common.metrics import language_model_loss
 
 logger = logging.getLogger("train_full")
-DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
+DEMO_CONFIG = demo_config("stage3")
 
 
 @dataclass
 class Arguments:
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Hugging Face causal LM folder (e.g. a stage 2 checkpoint). Unset: the embedded demo (tiny random Llama, tokenizer trained on the shipped text)."})
-    train_file: str | None = field(default=None, metadata={"help": "Korean training text: JSONL {\"text\", \"lang\"}, plain text (a document a line), or a packed folder from data_prep/prepare_mono.py. Unset: data/demo/mono_ko_train.txt."})
-    en_train_file: str | None = field(default=None, metadata={"help": "English training text (same formats), mixed in by --ko_ratio. Unset with no --train_file: data/demo/mono_en_train.txt."})
-    ko_ratio: float = field(default=0.5, metadata={"help": "Share of Korean blocks in each batch when --en_train_file is given (the rest English); rounded to whole blocks per process."})
-    instruction_file: str | None = field(default=None, metadata={"help": "Instruction JSONL {\"prompt\", \"response\"}: one batch of it per step, loss on the response (and its EOS) only."})
-    instruction_weight: float = field(default=1.0, metadata={"help": "Weight of the instruction loss added to the text loss."})
-    per_device_instruction_batch_size: int = field(default=4, metadata={"help": "Instruction examples per process per step."})
-    validation_file: str | None = field(default=None, metadata={"help": "Korean validation text for the Korean perplexity. Unset with no --train_file: the demo's."})
-    en_validation_file: str | None = field(default=None, metadata={"help": "English validation text for the English perplexity. Unset with no --train_file: the demo's."})
-    output_dir: str = field(default="runs/full", metadata={"help": "Where checkpoint-{step} folders, log.jsonl and TensorBoard logs go."})
-    block_size: int | None = field(default=None, metadata={"help": "Tokens per packed block (and the truncation length of instruction examples). Unset: 1024, or 64 for the demo."})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Text blocks per process per step (Korean and English together)."})
-    learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate. Unset: 2e-5, or 1e-3 for the demo's random model."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay for matrices; never applied to embeddings, norms or biases."})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name: linear, cosine, constant_with_warmup, ..."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": (
+        "Hugging Face causal LM folder, e.g. a stage 2 checkpoint (the embedded demo's: data/demo/model, a "
+        "tiny random Llama)."
+    )})
+    train_file: str | None = field(default=None, metadata={"help": (
+        "Korean training text: JSONL {\"text\", \"lang\"}, plain text (a document a line), or a packed folder "
+        "from data_prep/prepare_mono.py (the demo's: data/demo/mono_ko_train.txt)."
+    )})
+    en_train_file: str | None = field(default=None, metadata={"help": (
+        "English training text (same formats), mixed in by --ko_ratio (the demo's: "
+        "data/demo/mono_en_train.txt)."
+    )})
+    ko_ratio: float = field(default=0.5, metadata={"help": (
+        "Share of Korean blocks in each batch when --en_train_file is given (the rest English); rounded to "
+        "whole blocks per process."
+    )})
+    instruction_file: str | None = field(default=None, metadata={"help": (
+        "Instruction JSONL {\"prompt\", \"response\"}: one batch of it per step, loss on the response (and its "
+        "EOS) only."
+    )})
+    instruction_weight: float = field(default=1.0, metadata={"help": (
+        "Weight of the instruction loss added to the text loss."
+    )})
+    per_device_instruction_batch_size: int = field(default=4, metadata={"help": (
+        "Instruction examples per process per step."
+    )})
+    validation_file: str | None = field(default=None, metadata={"help": (
+        "Korean validation text for the Korean perplexity."
+    )})
+    en_validation_file: str | None = field(default=None, metadata={"help": (
+        "English validation text for the English perplexity (is English kept?)."
+    )})
+    output_dir: str = field(default="runs/full", metadata={"help": (
+        "Where checkpoint-{step} folders, log.jsonl and TensorBoard logs go."
+    )})
+    block_size: int = field(default=1024, metadata={"help": (
+        "Tokens per packed block (and the truncation length of instruction examples; the demo: 64)."
+    )})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": (
+        "Text blocks per process per step (Korean and English together)."
+    )})
+    learning_rate: float = field(default=2e-5, metadata={"help": (
+        "Peak learning rate (the demo's random model uses 1e-3)."
+    )})
+    weight_decay: float = field(default=0.0, metadata={"help": (
+        "AdamW weight decay for matrices; never applied to embeddings, norms or biases."
+    )})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": (
+        "transformers scheduler name: linear, cosine, constant_with_warmup, ..."
+    )})
     warmup_ratio: float = field(default=0.03, metadata={"help": "Share of the steps spent warming up."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 turns it off."})
-    max_steps: int = field(default=-1, metadata={"help": "Total optimizer steps; overrides --num_train_epochs when > 0. Unset for the demo: 200."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs, one epoch being one pass over the longest stream."})
+    max_steps: int = field(default=-1, metadata={"help": (
+        "Total optimizer steps; overrides --num_train_epochs when > 0."
+    )})
+    num_train_epochs: float = field(default=1.0, metadata={"help": (
+        "Epochs, one epoch being one pass over the longest stream."
+    )})
     seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order and everything else."})
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (ignored under a DeepSpeed config, which sets its own)."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass to save memory."})
+    bf16: bool = field(default=False, metadata={"help": (
+        "bf16 mixed precision (ignored under a DeepSpeed config, which sets its own)."
+    )})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": (
+        "Recompute activations in the backward pass to save memory."
+    )})
     logging_steps: int = field(default=10, metadata={"help": "Log the losses every N steps."})
-    eval_steps: int = field(default=100, metadata={"help": "Korean and English validation perplexity every N steps (and at step 0)."})
-    max_eval_blocks: int = field(default=200, metadata={"help": "Use at most this many validation blocks per language."})
+    eval_steps: int = field(default=100, metadata={"help": (
+        "Korean and English validation perplexity every N steps (and at step 0)."
+    )})
+    max_eval_blocks: int = field(default=200, metadata={"help": (
+        "Use at most this many validation blocks per language."
+    )})
     save_steps: int = field(default=500, metadata={"help": "Write checkpoint-{step} every N steps (and at the end)."})
     save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."})
-    report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker: 'tensorboard', 'wandb', ..., or 'none'."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes per training process."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": (
+        "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."
+    )})
+    report_to: str = field(default="tensorboard", metadata={"help": (
+        "accelerate tracker: 'tensorboard', 'wandb', ..., or 'none'."
+    )})
+    dataloader_num_workers: int = field(default=0, metadata={"help": (
+        "DataLoader worker processes per training process."
+    )})
 
 
 class FullModel(nn.Module):
@@ -104,38 +156,33 @@ class FullModel(nn.Module):
 
 
 def main(argv: list[str] | None = None):
-    args = parse_arguments(Arguments, argv)
-    demo = args.model_name_or_path is None
-    if args.train_file is None:
-        args.train_file = str(DEMO_DIR / "mono_ko_train.txt")
-        args.en_train_file = args.en_train_file or str(DEMO_DIR / "mono_en_train.txt")
-        args.validation_file = args.validation_file or str(DEMO_DIR / "mono_ko_validation.txt")
-        args.en_validation_file = args.en_validation_file or str(DEMO_DIR / "mono_en_validation.txt")
-    args.learning_rate = args.learning_rate if args.learning_rate is not None else (1e-3 if demo else 2e-5)
-    args.block_size = args.block_size or (64 if demo else 1024)
-    if demo and args.max_steps <= 0:
-        args.max_steps = 200
+    args = parse_arguments(Arguments, argv, default_config=DEMO_CONFIG)
+    if not args.model_name_or_path or not args.train_file:
+        raise ValueError("give --model_name_or_path and --train_file, or a config file "
+                         f"(no argument at all runs the embedded demo, {DEMO_CONFIG})")
     if not 0 <= args.ko_ratio <= 1:
         raise ValueError(f"--ko_ratio must be in [0, 1], got {args.ko_ratio}")
-    n_ko = round(args.ko_ratio * args.per_device_train_batch_size) if args.en_train_file else args.per_device_train_batch_size
+    n_ko = args.per_device_train_batch_size
+    if args.en_train_file:
+        n_ko = round(args.ko_ratio * args.per_device_train_batch_size)
     n_en = args.per_device_train_batch_size - n_ko
 
-    accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else None,
-                              log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir,
-                              kwargs_handlers=process_group_kwargs())
+    accelerator = Accelerator(
+        mixed_precision="bf16" if args.bf16 else None,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+        kwargs_handlers=process_group_kwargs(),
+    )
+    # [shared: setup]
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     set_seed(args.seed)
     if accelerator.is_main_process:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    # [/shared]
 
-    if demo:
-        texts = [t for lang in ("ko", "en") for t in iter_mono_texts(str(DEMO_DIR / f"mono_{lang}_train.txt"))]
-        tokenizer = train_demo_tokenizer(texts)
-        lm = tiny_llama(len(tokenizer), seed=args.seed)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-        lm = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    lm = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
     if tokenizer.pad_token is None:  # Llama tokenizers have none; padded positions carry no loss
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     if args.gradient_checkpointing:
@@ -163,8 +210,10 @@ def main(argv: list[str] | None = None):
             streams[lang] = (ds, LengthGroupedBatchSampler([args.block_size] * len(ds), per_device * world,
                                                            seed=args.seed + seed_offset, group_by_length=False), None)
     if sft is not None:
-        streams["sft"] = (sft, LengthGroupedBatchSampler([len(x) for x in sft["input_ids"]], args.per_device_instruction_batch_size * world, seed=args.seed + 2),
-                          DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100))
+        sft_sampler = LengthGroupedBatchSampler([len(x) for x in sft["input_ids"]],
+                                                args.per_device_instruction_batch_size * world, seed=args.seed + 2)
+        sft_collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+        streams["sft"] = (sft, sft_sampler, sft_collate)
     steps_per_epoch = max(len(sampler) for _, sampler, _ in streams.values())
     max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
 
@@ -172,61 +221,79 @@ def main(argv: list[str] | None = None):
     embeddings = lm.get_input_embeddings().weight
     decay = [p for p in lm.parameters() if p.dim() >= 2 and p is not embeddings]
     no_decay = [p for p in lm.parameters() if p.dim() < 2 or p is embeddings]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.learning_rate, fused=accelerator.device.type == "cuda")
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, fused=accelerator.device.type == "cuda")
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=int(args.warmup_ratio * max_steps),
                               num_training_steps=max_steps)
     configure_deepspeed(accelerator, args.per_device_train_batch_size, args.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
+    # [shared: resume]
+    # Resume: weights, optimizer, scheduler and RNG from the checkpoint; the data position from the
+    # step alone, because the batch plan depends only on (seed, epoch).
     start_step = 0
     if args.resume_from_checkpoint:
         ckpt, start_step = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
         accelerator.load_state(str(ckpt / "accelerate_state"))
         logger.info("resumed from %s at step %d", ckpt, start_step)
+    # [/shared]
 
     loaders = {name: DataLoader(ds, batch_sampler=ShardedBatches(sampler, start_step, rank, world), collate_fn=collate,
                                 num_workers=args.dataloader_num_workers)
                for name, (ds, sampler, collate) in streams.items()}
     val_loaders = {lang: DataLoader(ds.select(range(min(len(ds), args.max_eval_blocks))).with_format("torch"),
                                     batch_size=args.per_device_train_batch_size) for lang, ds in val_sets.items()}
+    # [shared: trackers]
     if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("tensorboard" if args.report_to == "tensorboard" else "koen-align",
-                                  config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
-    logger.info("streams %s; %d Korean + %d English blocks of %d tokens per process per step; %d steps over %d process(es)",
-                {name: len(ds) for name, (ds, _, _) in streams.items()}, n_ko, n_en, args.block_size, max_steps, world)
+        hparams = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("tensorboard" if args.report_to == "tensorboard" else "koen-align", config=hparams)
+    # [/shared]
+    logger.info("streams %s; %d Korean + %d English blocks of %d tokens per process per step; "
+                "%d steps over %d process(es)", {name: len(ds) for name, (ds, _, _) in streams.items()},
+                n_ko, n_en, args.block_size, max_steps, world)
 
+    # [shared: write_log]
     def write_log(record: dict, step: int) -> None:
         accelerator.log(record, step=step)
         if accelerator.is_main_process:  # the same numbers as JSON lines, easy to plot or diff
             with open(Path(args.output_dir) / "log.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **record}) + "\n")
+    # [/shared]
 
     def log_eval(step: int) -> None:
         # Every process scores all validation blocks: cheap, and the same forwards on every rank.
         model.eval()
+        metrics = {}
         with accelerator.autocast():
-            metrics = {f"eval/{lang}_{k}": v for lang, dl in val_loaders.items()
-                       for k, v in language_model_loss(accelerator.unwrap_model(model).lm, dl, accelerator.device).items() if k != "tokens"}
+            for lang, loader in val_loaders.items():
+                scores = language_model_loss(accelerator.unwrap_model(model).lm, loader, accelerator.device)
+                metrics.update({f"eval/{lang}_{k}": v for k, v in scores.items() if k != "tokens"})
         model.train()
         if metrics:
             write_log(metrics, step)
             logger.info("step %d eval: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
+    def save(step: int) -> None:
+        save_checkpoint(accelerator, model, tokenizer, args.output_dir, step, asdict(args), args.save_total_limit,
+                        submodule="lm")
+
     if start_step == 0:
         log_eval(0)
     model.train()
-    progress = tqdm(range(max_steps), initial=start_step, disable=not accelerator.is_main_process, desc="stage 3 (full)")
+    progress = tqdm(range(max_steps), initial=start_step, disable=not accelerator.is_main_process,
+                    desc="stage 3 (full)")
     window, t0, step = {"loss": [], "text_loss": [], "sft_loss": []}, time.perf_counter(), start_step
     for batches in zip(*loaders.values()):
         if step >= max_steps:
             break
         batches = dict(zip(loaders, batches))
-        text = torch.cat([batches[lang]["input_ids"] for lang in ("ko", "en") if lang in batches]).to(accelerator.device)
-        sft_batch = {f"sft_{k}": v.to(accelerator.device) for k, v in batches["sft"].items()} if "sft" in batches else {}
+        text = torch.cat([batches[lang]["input_ids"] for lang in ("ko", "en") if lang in batches])
+        text = text.to(accelerator.device)
+        sft_batch = {f"sft_{k}": v.to(accelerator.device) for k, v in batches.get("sft", {}).items()}
         text_loss, sft_loss = model(input_ids=text, **sft_batch)
         loss = text_loss + (args.instruction_weight * sft_loss if sft_loss is not None else 0.0)
+        # [shared: optimizer step]
         accelerator.backward(loss)
         if args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -235,6 +302,7 @@ def main(argv: list[str] | None = None):
         optimizer.zero_grad(set_to_none=True)
         step += 1
         progress.update(1)
+        # [/shared]
         for name, value in (("loss", loss), ("text_loss", text_loss), ("sft_loss", sft_loss)):
             if value is not None:
                 window[name].append(value.detach())
@@ -249,14 +317,20 @@ def main(argv: list[str] | None = None):
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
             logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
             window, t0 = {k: [] for k in window}, time.perf_counter()
+        # [shared: pacing]
         if step % args.eval_steps == 0 or step == max_steps:
             log_eval(step)
         if step % args.save_steps == 0 or step == max_steps:
-            save_checkpoint(accelerator, model, tokenizer, args.output_dir, step, asdict(args), args.save_total_limit, submodule="lm")
+            save(step)
         if step % args.eval_steps == 0 or step % args.save_steps == 0:
             t0 = time.perf_counter()  # throughput counts training steps only
+        # [/shared]
+    # [shared: finish]
     progress.close()
     accelerator.end_training()
+    if accelerator.is_main_process:
+        logger.info("done: %s", Path(args.output_dir) / f"checkpoint-{step}")
+    # [/shared]
     return accelerator.unwrap_model(model).lm
 
 

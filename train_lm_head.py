@@ -7,13 +7,13 @@ Every --eval_steps, perplexity on Korean and on English validation text shows wh
 improves and English is kept.
 
 Launch:
-    accelerate launch train_lm_head.py                          # embedded demo: tiny model, shipped text
+    accelerate launch train_lm_head.py                          # embedded demo: data/demo/stage2.yaml
     accelerate launch train_lm_head.py --model_name_or_path runs/stage1/checkpoint-5000 \\
         --train_file data/mono/ko_train.jsonl --validation_file data/mono/ko_val.jsonl \\
         --en_validation_file data/mono/en_val.jsonl --block_size 1024 --bf16 --output_dir runs/stage2
     accelerate launch train_lm_head.py --resume_from_checkpoint latest --output_dir runs/stage2 ...
 
-A single .json or .yaml argument file works in place of the flags.
+A .json or .yaml config file may come first; flags after it override its values (common/args.py).
 """
 
 import json
@@ -32,72 +32,98 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from common.args import parse_arguments
 from common.checkpoint import find_checkpoint, save_checkpoint
-from common.data import LengthGroupedBatchSampler, ShardedBatches, iter_mono_texts, load_text_blocks
+from common.data import LengthGroupedBatchSampler, ShardedBatches, load_text_blocks
+from common.demo import demo_config
 from common.distributed import configure_deepspeed, process_group_kwargs
-from common.demo import tiny_llama, train_demo_tokenizer
 from common.metrics import language_model_loss
 
 logger = logging.getLogger("train_lm_head")
-DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
+DEMO_CONFIG = demo_config("stage2")
 
 
 @dataclass
 class Arguments:
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Hugging Face causal LM folder (e.g. a stage 1 checkpoint). Unset: the embedded demo (tiny random Llama, tokenizer trained on the shipped text)."})
-    train_file: str | None = field(default=None, metadata={"help": "Korean training text: JSONL {\"text\", \"lang\"}, plain text (a document a line), or a packed folder from data_prep/prepare_mono.py. Unset: data/demo/mono_ko_train.txt."})
-    validation_file: str | None = field(default=None, metadata={"help": "Korean validation text (same formats) for the Korean perplexity. Unset with no --train_file: the demo's."})
-    en_validation_file: str | None = field(default=None, metadata={"help": "English validation text for the English perplexity (is English kept?). Unset with no --train_file: the demo's."})
-    output_dir: str = field(default="runs/lm_head", metadata={"help": "Where checkpoint-{step} folders, log.jsonl and TensorBoard logs go."})
-    block_size: int | None = field(default=None, metadata={"help": "Tokens per packed training block. Unset: 1024, or 64 for the demo."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": (
+        "Hugging Face causal LM folder, e.g. a stage 1 checkpoint (the embedded demo's: data/demo/model, a "
+        "tiny random Llama)."
+    )})
+    train_file: str | None = field(default=None, metadata={"help": (
+        "Korean training text: JSONL {\"text\", \"lang\"}, plain text (a document a line), or a packed folder "
+        "from data_prep/prepare_mono.py (the demo's: data/demo/mono_ko_train.txt)."
+    )})
+    validation_file: str | None = field(default=None, metadata={"help": (
+        "Korean validation text (same formats) for the Korean perplexity."
+    )})
+    en_validation_file: str | None = field(default=None, metadata={"help": (
+        "English validation text for the English perplexity (is English kept?)."
+    )})
+    output_dir: str = field(default="runs/lm_head", metadata={"help": (
+        "Where checkpoint-{step} folders, log.jsonl and TensorBoard logs go."
+    )})
+    block_size: int = field(default=1024, metadata={"help": "Tokens per packed training block (the demo: 64)."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Blocks per process per step."})
-    learning_rate: float | None = field(default=None, metadata={"help": "Peak learning rate of the head. Unset: 1e-4, or 1e-3 for the demo's random model."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the head (nothing else is in the optimizer)."})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers scheduler name: linear, cosine, constant_with_warmup, ..."})
+    learning_rate: float = field(default=1e-4, metadata={"help": (
+        "Peak learning rate of the head (the demo's random model uses 1e-3)."
+    )})
+    weight_decay: float = field(default=0.0, metadata={"help": (
+        "AdamW weight decay of the head (nothing else is in the optimizer)."
+    )})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": (
+        "transformers scheduler name: linear, cosine, constant_with_warmup, ..."
+    )})
     warmup_ratio: float = field(default=0.03, metadata={"help": "Share of the steps spent warming up."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 turns it off."})
-    max_steps: int = field(default=-1, metadata={"help": "Total optimizer steps; overrides --num_train_epochs when > 0. Unset for the demo: 200."})
+    max_steps: int = field(default=-1, metadata={"help": (
+        "Total optimizer steps; overrides --num_train_epochs when > 0."
+    )})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training blocks."})
     seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order and everything else."})
-    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (ignored under a DeepSpeed config, which sets its own)."})
-    logging_steps: int = field(default=10, metadata={"help": "Log the loss every N steps."})
-    eval_steps: int = field(default=100, metadata={"help": "Korean and English validation perplexity every N steps (and at step 0)."})
-    max_eval_blocks: int = field(default=200, metadata={"help": "Use at most this many validation blocks per language."})
+    bf16: bool = field(default=False, metadata={"help": (
+        "bf16 mixed precision (ignored under a DeepSpeed config, which sets its own)."
+    )})
+    logging_steps: int = field(default=10, metadata={"help": "Log the losses every N steps."})
+    eval_steps: int = field(default=100, metadata={"help": (
+        "Korean and English validation perplexity every N steps (and at step 0)."
+    )})
+    max_eval_blocks: int = field(default=200, metadata={"help": (
+        "Use at most this many validation blocks per language."
+    )})
     save_steps: int = field(default=500, metadata={"help": "Write checkpoint-{step} every N steps (and at the end)."})
     save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."})
-    report_to: str = field(default="tensorboard", metadata={"help": "accelerate tracker: 'tensorboard', 'wandb', ..., or 'none'."})
-    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes per training process."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": (
+        "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."
+    )})
+    report_to: str = field(default="tensorboard", metadata={"help": (
+        "accelerate tracker: 'tensorboard', 'wandb', ..., or 'none'."
+    )})
+    dataloader_num_workers: int = field(default=0, metadata={"help": (
+        "DataLoader worker processes per training process."
+    )})
 
 
 def main(argv: list[str] | None = None):
-    args = parse_arguments(Arguments, argv)
-    demo = args.model_name_or_path is None
-    if args.train_file is None:
-        args.train_file = str(DEMO_DIR / "mono_ko_train.txt")
-        args.validation_file = args.validation_file or str(DEMO_DIR / "mono_ko_validation.txt")
-        args.en_validation_file = args.en_validation_file or str(DEMO_DIR / "mono_en_validation.txt")
-    args.learning_rate = args.learning_rate if args.learning_rate is not None else (1e-3 if demo else 1e-4)
-    args.block_size = args.block_size or (64 if demo else 1024)
-    if demo and args.max_steps <= 0:
-        args.max_steps = 200
+    args = parse_arguments(Arguments, argv, default_config=DEMO_CONFIG)
+    if not args.model_name_or_path or not args.train_file:
+        raise ValueError("give --model_name_or_path and --train_file, or a config file "
+                         f"(no argument at all runs the embedded demo, {DEMO_CONFIG})")
 
-    accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else None,
-                              log_with=None if args.report_to == "none" else args.report_to, project_dir=args.output_dir,
-                              kwargs_handlers=process_group_kwargs())
+    accelerator = Accelerator(
+        mixed_precision="bf16" if args.bf16 else None,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_dir=args.output_dir,
+        kwargs_handlers=process_group_kwargs(),
+    )
+    # [shared: setup]
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     set_seed(args.seed)
     if accelerator.is_main_process:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    # [/shared]
 
     # Model: everything frozen but the head.
-    if demo:
-        texts = [t for lang in ("ko", "en") for t in iter_mono_texts(str(DEMO_DIR / f"mono_{lang}_train.txt"))]
-        tokenizer = train_demo_tokenizer(texts)
-        model = tiny_llama(len(tokenizer), seed=args.seed)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
     model.config.use_cache = False
     head = model.get_output_embeddings()
     if head.weight is model.get_input_embeddings().weight:
@@ -124,61 +150,80 @@ def main(argv: list[str] | None = None):
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
+    # [shared: resume]
+    # Resume: weights, optimizer, scheduler and RNG from the checkpoint; the data position from the
+    # step alone, because the batch plan depends only on (seed, epoch).
     start_step = 0
     if args.resume_from_checkpoint:
         ckpt, start_step = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
         accelerator.load_state(str(ckpt / "accelerate_state"))
         logger.info("resumed from %s at step %d", ckpt, start_step)
+    # [/shared]
 
     train_blocks = train_blocks.with_format("torch")
-    loader = DataLoader(train_blocks, batch_sampler=ShardedBatches(sampler, start_step, rank, world), num_workers=args.dataloader_num_workers)
+    loader = DataLoader(train_blocks, batch_sampler=ShardedBatches(sampler, start_step, rank, world),
+                        num_workers=args.dataloader_num_workers)
     val_loaders = {lang: DataLoader(ds.select(range(min(len(ds), args.max_eval_blocks))).with_format("torch"),
                                     batch_size=args.per_device_train_batch_size) for lang, ds in val_sets.items()}
+    # [shared: trackers]
     if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("tensorboard" if args.report_to == "tensorboard" else "koen-align",
-                                  config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
-    logger.info("%d training blocks of %d tokens, %d steps, global batch %d over %d process(es); training %d head parameters",
-                len(train_blocks), args.block_size, max_steps, sampler.batch_size, world, head.weight.numel())
+        hparams = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("tensorboard" if args.report_to == "tensorboard" else "koen-align", config=hparams)
+    # [/shared]
+    logger.info("%d training blocks of %d tokens, %d steps, global batch %d over %d process(es); "
+                "training %d head parameters", len(train_blocks), args.block_size, max_steps, sampler.batch_size,
+                world, head.weight.numel())
 
+    # [shared: write_log]
     def write_log(record: dict, step: int) -> None:
         accelerator.log(record, step=step)
         if accelerator.is_main_process:  # the same numbers as JSON lines, easy to plot or diff
             with open(Path(args.output_dir) / "log.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, **record}) + "\n")
+    # [/shared]
 
     def log_eval(step: int) -> None:
         # Every process scores all validation blocks: cheap, and the same forwards on every rank.
         model.eval()
+        metrics = {}
         with accelerator.autocast():
-            metrics = {f"eval/{lang}_{k}": v for lang, dl in val_loaders.items()
-                       for k, v in language_model_loss(accelerator.unwrap_model(model), dl, accelerator.device).items() if k != "tokens"}
+            for lang, loader in val_loaders.items():
+                scores = language_model_loss(accelerator.unwrap_model(model), loader, accelerator.device)
+                metrics.update({f"eval/{lang}_{k}": v for k, v in scores.items() if k != "tokens"})
         model.train()
         if metrics:
             write_log(metrics, step)
             logger.info("step %d eval: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
+    def save(step: int) -> None:
+        save_checkpoint(accelerator, model, tokenizer, args.output_dir, step, asdict(args), args.save_total_limit)
+
     if start_step == 0:
         log_eval(0)
     model.train()
-    progress = tqdm(range(max_steps), initial=start_step, disable=not accelerator.is_main_process, desc="stage 2 (LM head)")
+    progress = tqdm(range(max_steps), initial=start_step, disable=not accelerator.is_main_process,
+                    desc="stage 2 (LM head)")
     losses, t0, step = [], time.perf_counter(), start_step
     for batch in loader:
         if step >= max_steps:
             break
         input_ids = batch["input_ids"].to(accelerator.device)
         loss = model(input_ids=input_ids, labels=input_ids).loss
+        # [shared: optimizer step]
         accelerator.backward(loss)
         if args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(head.parameters(), args.max_grad_norm)
+            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         progress.update(1)
+        # [/shared]
         losses.append(loss.detach())
 
         if step % args.logging_steps == 0 or step == max_steps:
-            logs = {"loss": accelerator.reduce(torch.stack(losses).mean(), "mean").item(), "lr": scheduler.get_last_lr()[0],
+            logs = {"loss": accelerator.reduce(torch.stack(losses).mean(), "mean").item(),
+                    "lr": scheduler.get_last_lr()[0],
                     "tokens_per_s": len(losses) * sampler.batch_size * args.block_size / (time.perf_counter() - t0)}
             if accelerator.device.type == "cuda":
                 logs["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -186,14 +231,20 @@ def main(argv: list[str] | None = None):
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
             logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
             losses, t0 = [], time.perf_counter()
+        # [shared: pacing]
         if step % args.eval_steps == 0 or step == max_steps:
             log_eval(step)
         if step % args.save_steps == 0 or step == max_steps:
-            save_checkpoint(accelerator, model, tokenizer, args.output_dir, step, asdict(args), args.save_total_limit)
+            save(step)
         if step % args.eval_steps == 0 or step % args.save_steps == 0:
             t0 = time.perf_counter()  # throughput counts training steps only
+        # [/shared]
+    # [shared: finish]
     progress.close()
     accelerator.end_training()
+    if accelerator.is_main_process:
+        logger.info("done: %s", Path(args.output_dir) / f"checkpoint-{step}")
+    # [/shared]
     return accelerator.unwrap_model(model)
 
 

@@ -10,40 +10,46 @@ same model, data and batches, so the ratios are meaningful even on a noisy machi
 2. Share of real (non-pad) tokens per batch over one epoch of the training pairs, with the
    length-grouped sampler against random batches (both sides of each pair counted).
 
-    python bench/bench_contrastive.py                                   # demo pairs, CPU-sized model
-    python bench/bench_contrastive.py --train_file pairs.jsonl --tokenizer path/with/tokenizer.model
-    python bench/bench_contrastive.py --model_config sheared-1.3b --bf16 --batch_size 64   # on a GPU
+    python -m bench.bench_contrastive                                   # demo pairs, CPU-sized model
+    python -m bench.bench_contrastive --train_file pairs.jsonl --tokenizer path/with/tokenizer.model
+    python -m bench.bench_contrastive --model_config sheared-1.3b --bf16 --batch_size 64   # on a GPU
 """
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train_contrastive as tc  # noqa: E402
-from common.data import LengthGroupedBatchSampler, ParallelCollator, iter_parallel_jsonl  # noqa: E402
-from common.demo import train_demo_tokenizer  # noqa: E402
-from transformers import AutoTokenizer, HfArgumentParser, LlamaConfig, LlamaForCausalLM  # noqa: E402
+import train_contrastive as tc
+from common.args import parse_arguments
+from common.data import LengthGroupedBatchSampler, ParallelCollator, iter_parallel_jsonl
+from common.demo import DEMO_DIR, train_demo_tokenizer
+from common.pooling import pool, pooling_mask
 
 CONFIGS = {
     # CPU-sized: deep enough that the skipped upper half and the LM head are a real share of the work
-    "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=4),
+    "tiny": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=8, num_attention_heads=4,
+                 num_key_value_heads=4),
     # the target architecture, Sheared-LLaMA-1.3B (random weights: nothing is downloaded)
-    "sheared-1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=16),
+    "sheared-1.3b": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
+                         num_key_value_heads=16),
 }
 
 
 @dataclass
 class BenchArguments:
-    train_file: str = field(default=str(tc.DEMO_DIR / "train.jsonl"), metadata={"help": "Parallel JSONL to batch."})
-    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder; unset: the demo tokenizer trained on --train_file."})
+    train_file: str = field(default=str(DEMO_DIR / "train.jsonl"), metadata={"help": "Parallel JSONL to batch."})
+    tokenizer: str | None = field(default=None, metadata={"help": (
+        "Tokenizer folder; unset: the demo tokenizer trained on --train_file."
+    )})
     model_config: str = field(default="tiny", metadata={"help": f"Architecture, random weights: {', '.join(CONFIGS)}."})
-    vocab_size: int | None = field(default=None, metadata={"help": "Model vocabulary (e.g. 46336 for an expanded Llama); unset: the tokenizer's size."})
+    vocab_size: int | None = field(default=None, metadata={"help": (
+        "Model vocabulary (e.g. 46336 for an expanded Llama); unset: the tokenizer's size."
+    )})
     pool_layer: int | None = field(default=None, metadata={"help": "Pooled layer; unset: the middle one."})
     batch_size: int = field(default=32, metadata={"help": "Pairs per step."})
     max_seq_length: int = field(default=128, metadata={"help": "Truncation length per sentence."})
@@ -56,14 +62,17 @@ class BenchArguments:
 class FullForwardModel(tc.ContrastiveModel):
     """The same step, but each side runs the whole model with output_hidden_states=True."""
 
-    def encode(self, input_ids, attention_mask):
+    def encode(self, input_ids, attention_mask, encoder=None):
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        mask = tc.pooling_mask(input_ids, attention_mask, self.bos_token_id, exclude_bos=not self.args.include_bos)
-        return self.combine(torch.stack([tc.pool(out.hidden_states[layer], mask, self.args.pooling) for layer in self.layers]))
+        kw = self.pool_kwargs
+        mask = pooling_mask(input_ids, attention_mask, kw["bos_token_id"], exclude_bos=kw["exclude_bos"])
+        per_layer = torch.stack([pool(out.hidden_states[layer], mask, kw["pooling"]) for layer in kw["layers"]])
+        return self.mixture(per_layer) if self.mixture is not None else per_layer[0]
 
 
 def real_token_share(lengths_ko, lengths_en, batch_size, group_by_length, seed) -> float:
-    sampler = LengthGroupedBatchSampler(lengths_ko + lengths_en, batch_size, seed=seed, group_by_length=group_by_length)
+    sampler = LengthGroupedBatchSampler(lengths_ko + lengths_en, batch_size, seed=seed,
+                                        group_by_length=group_by_length)
     real = padded = 0
     for batch in sampler:
         ko, en = lengths_ko[batch], lengths_en[batch]
@@ -77,8 +86,7 @@ def time_steps(model_cls, lm_state, config, layer, batches, args, device) -> dic
         lm = LlamaForCausalLM(config)
     lm.load_state_dict(lm_state)
     lm.config.use_cache = False
-    targs = tc.Arguments(pool_layer=layer)
-    model = model_cls(lm, [layer], targs, config.bos_token_id, None).train()
+    model = model_cls(lm, layers=[layer], bos_token_id=config.bos_token_id).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=device.type == "cuda")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
@@ -86,7 +94,8 @@ def time_steps(model_cls, lm_state, config, layer, batches, args, device) -> dic
 
     def step(batch):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            loss, _, _ = tc.training_losses(model, None, batch, None, targs)
+            ko, en, _ = model(**batch)
+            loss, _, _ = tc.step_losses(ko, en, None, temperature=0.05, symmetric=True, cl_weight=1.0, lm_weight=0.0)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -99,15 +108,17 @@ def time_steps(model_cls, lm_state, config, layer, batches, args, device) -> dic
         step(batches[3 + i % (len(batches) - 3)])
     sync()
     seconds = time.perf_counter() - start
-    tokens = sum(int(batches[3 + i % (len(batches) - 3)][k].numel()) for i in range(args.steps) for k in ("ko_input_ids", "en_input_ids"))
-    result = {"pairs_per_s": args.steps * args.batch_size / seconds, "padded_tokens_per_s": tokens / seconds, "seconds": seconds}
+    timed = [batches[3 + i % (len(batches) - 3)] for i in range(args.steps)]
+    tokens = sum(int(b[k].numel()) for b in timed for k in ("ko_input_ids", "en_input_ids"))
+    result = {"pairs_per_s": args.steps * args.batch_size / seconds, "padded_tokens_per_s": tokens / seconds,
+              "seconds": seconds}
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result
 
 
 def main(argv=None):
-    (args,) = HfArgumentParser(BenchArguments).parse_args_into_dataclasses(args=argv)
+    args = parse_arguments(BenchArguments, argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(args.seed)
     pairs = list(iter_parallel_jsonl(args.train_file))
@@ -125,8 +136,9 @@ def main(argv=None):
     share = {g: real_token_share(len_ko, len_en, args.batch_size, g, args.seed) for g in (True, False)}
 
     # 1. throughput, on the same length-grouped batches for both forwards
-    config = LlamaConfig(vocab_size=args.vocab_size or len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **CONFIGS[args.model_config])
+    config = LlamaConfig(vocab_size=args.vocab_size or len(tokenizer), max_position_embeddings=2048,
+                         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **CONFIGS[args.model_config])
     layer = config.num_hidden_layers // 2 if args.pool_layer is None else args.pool_layer
     collate = ParallelCollator(tokenizer, pad_to_multiple_of=8 if device.type == "cuda" else None)
     sampler = LengthGroupedBatchSampler(len_ko + len_en, args.batch_size, seed=args.seed)
@@ -146,7 +158,8 @@ def main(argv=None):
 
     results = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "args": asdict(args), "pool_layer": layer, "num_layers": config.num_hidden_layers, "vocab_size": config.vocab_size,
+        "args": asdict(args), "pool_layer": layer, "num_layers": config.num_hidden_layers,
+        "vocab_size": config.vocab_size,
         "truncated_forward": truncated, "full_forward": full,
         "speedup_truncated_over_full": truncated["pairs_per_s"] / full["pairs_per_s"],
         "real_token_share_grouped": share[True], "real_token_share_random": share[False],
@@ -154,13 +167,14 @@ def main(argv=None):
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=2))
-    print(f"device {results['device']}, {args.model_config} ({config.num_hidden_layers} layers, vocab {config.vocab_size}), "
-          f"pool layer {layer}, batch {args.batch_size}, bf16 {args.bf16}")
+    print(f"device {results['device']}, {args.model_config} ({config.num_hidden_layers} layers, "
+          f"vocab {config.vocab_size}), pool layer {layer}, batch {args.batch_size}, bf16 {args.bf16}")
     print(f"{'forward':<12}{'pairs/s':>10}{'tokens/s':>12}")
     for name, r in (("truncated", truncated), ("full", full)):
         print(f"{name:<12}{r['pairs_per_s']:>10.1f}{r['padded_tokens_per_s']:>12.0f}")
     print(f"truncated / full throughput: {results['speedup_truncated_over_full']:.2f}x")
-    print(f"real-token share: grouped {share[True]:.3f}, random {share[False]:.3f}, ratio {results['real_token_share_ratio']:.2f}x")
+    print(f"real-token share: grouped {share[True]:.3f}, random {share[False]:.3f}, "
+          f"ratio {results['real_token_share_ratio']:.2f}x")
     return results
 
 

@@ -6,20 +6,22 @@ for both languages, the model forwards inside it (``HFLM._model_call``), and the
 log-softmax lm-eval applies to every position of every request; the rest is lm-eval's request
 building, tokenization, sorting and bookkeeping.
 
-    python bench/bench_eval.py                                  # full 1,172 + 1,172 items, batch 32
-    python bench/bench_eval.py --limit 200 --batch_sizes 8,32,64 --hidden_size 128 --num_layers 4
+    python -m bench.bench_eval                                  # full 1,172 + 1,172 items, batch 32
+    python -m bench.bench_eval --limit 200 --batch_sizes 8,32,64 --hidden_size 128 --num_layers 4
+
+Run from the repository root, with the project installed (``pip install -e .``).
 """
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+import eval_agreement as ea
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 
 
@@ -30,10 +32,10 @@ def main():
     p.add_argument("--hidden_size", type=int, default=128)
     p.add_argument("--num_layers", type=int, default=4)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model weights' dtype")
-    p.add_argument("--tokenizer", default=str(DATA / "llama2_tokenizer"), help="folder with tokenizer.model / tokenizer.json")
+    p.add_argument("--tokenizer", default=str(DATA / "llama2_tokenizer"),
+                   help="folder with tokenizer.model / tokenizer.json")
     args = p.parse_args()
 
-    import eval_agreement as ea
     from lm_eval.models import huggingface
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -46,16 +48,18 @@ def main():
     (pair,) = ea.prepare_pairs(eargs)
     t_prepare = time.perf_counter() - t0
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
-    # the longest Korean ARC requests are ~620 Llama-2 tokens: a 2,048-token window (the target has 4,096) cuts none
+    # the longest Korean ARC requests are ~620 Llama-2 tokens: a 2,048-token window cuts none (the target has 4,096)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=args.hidden_size, intermediate_size=2 * args.hidden_size,
                          num_hidden_layers=args.num_layers, num_attention_heads=4, num_key_value_heads=4,
                          max_position_embeddings=2048, tie_word_embeddings=False)
     model = LlamaForCausalLM(config).to(getattr(torch, args.dtype)).eval()
     n_req = sum(len(pair["en_items"][i]["choices"]) for i in pair["en_idx"]) * 2
-    print(f"torch threads {torch.get_num_threads()}; items {len(pair['en_idx'])} per language, {n_req} log-likelihood requests; "
-          f"loading and checking both tasks: {t_prepare:.1f}s; model hidden {args.hidden_size}, {args.num_layers} layers, vocab {len(tok)}, {args.dtype}")
+    print(f"torch threads {torch.get_num_threads()}; items {len(pair['en_idx'])} per language, "
+          f"{n_req} log-likelihood requests; loading and checking both tasks: {t_prepare:.1f}s; "
+          f"model hidden {args.hidden_size}, {args.num_layers} layers, vocab {len(tok)}, {args.dtype}")
 
-    with torch.no_grad():  # one forward of a typical batch, split into the decoder and the LM head over the vocabulary
+    # one forward of a typical batch, split into the decoder and the LM head over the vocabulary
+    with torch.no_grad():
         x = torch.randint(0, len(tok), (8, 100))
         for _ in range(2):
             t = time.perf_counter()
@@ -64,7 +68,8 @@ def main():
             t = time.perf_counter()
             F.log_softmax(model.lm_head(h).float(), dim=-1)
             t_head = time.perf_counter() - t
-    print(f"one forward of 8 x 100 tokens: decoder {t_body * 1e3:.0f} ms, LM head + log_softmax over {len(tok):,} pieces {t_head * 1e3:.0f} ms")
+    print(f"one forward of 8 x 100 tokens: decoder {t_body * 1e3:.0f} ms, "
+          f"LM head + log_softmax over {len(tok):,} pieces {t_head * 1e3:.0f} ms")
 
     timers = {"forward": 0.0, "log_softmax": 0.0, "tokens": 0, "padded_tokens": 0}
     real_log_softmax = F.log_softmax
@@ -93,7 +98,8 @@ def main():
         stats, _ = ea.evaluate_pair(lm, pair, seed=1234)
         total = time.perf_counter() - t0
         rest = total - timers["forward"] - timers["log_softmax"]
-        print(f"batch {bs:3d}: {total:7.1f}s total | model forward {timers['forward']:6.1f}s ({timers['forward'] / total:.0%}) | "
+        print(f"batch {bs:3d}: {total:7.1f}s total | "
+              f"model forward {timers['forward']:6.1f}s ({timers['forward'] / total:.0%}) | "
               f"log_softmax over the vocabulary {timers['log_softmax']:6.1f}s ({timers['log_softmax'] / total:.0%}) | "
               f"rest (requests, tokenizing, bookkeeping) {rest:5.1f}s | padded tokens {timers['padded_tokens']:,} | "
               f"acc_en {stats['acc_en']:.3f} acc_ko {stats['acc_ko']:.3f} agreement {stats['agreement']:.3f}")

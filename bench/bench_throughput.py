@@ -19,26 +19,25 @@ From the measured pairs/s it projects one epoch of the research's stage 1 (5.7M 
 stream cycled 1:1 when on) on 1 GPU and on 8 (assuming linear scaling; gathered negatives and the
 gradient all-reduce cost a little on NVLink).
 
-    python bench/bench_throughput.py                                        # CPU, tiny config
-    python bench/bench_throughput.py --model_config sheared-1.3b --bf16 --vocab_size 46336 \\
+    python -m bench.bench_throughput                                        # CPU, tiny config
+    python -m bench.bench_throughput --model_config sheared-1.3b --bf16 --vocab_size 46336 \\
         --train_file pairs.jsonl --tokenizer TOKENIZER_DIR --batch_sizes 64,128,256
 """
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train_contrastive as tc  # noqa: E402
-from bench.bench_contrastive import CONFIGS  # noqa: E402
-from common.data import LengthGroupedBatchSampler, ParallelCollator, iter_parallel_jsonl  # noqa: E402
-from common.demo import train_demo_tokenizer  # noqa: E402
-from transformers import AutoTokenizer, HfArgumentParser, LlamaConfig, LlamaForCausalLM  # noqa: E402
+import train_contrastive as tc
+from bench.bench_contrastive import CONFIGS
+from common.args import parse_arguments
+from common.data import LengthGroupedBatchSampler, ParallelCollator, iter_parallel_jsonl
+from common.demo import DEMO_DIR, train_demo_tokenizer
 
 RESEARCH_PAIRS = 5_700_000
 
@@ -46,18 +45,31 @@ RESEARCH_PAIRS = 5_700_000
 @dataclass
 class Arguments:
     model_config: str = field(default="tiny", metadata={"help": f"Architecture, random weights: {', '.join(CONFIGS)}."})
-    vocab_size: int | None = field(default=None, metadata={"help": "Model vocabulary (the expanded size); unset: the tokenizer's."})
-    train_file: str = field(default=str(tc.DEMO_DIR / "train.jsonl"), metadata={"help": "Parallel JSONL giving realistic sentence lengths."})
-    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder; unset: the demo tokenizer trained on --train_file."})
-    scenarios: str = field(default="stage1_shared,stage1_frozen,stage1_shared_lm,stage3", metadata={"help": "Comma-separated scenarios to run."})
-    batch_sizes: str = field(default="32", metadata={"help": "Comma-separated per-device pair batch sizes to try (stage 3: blocks = batch / 16); an out-of-memory ends the search."})
+    vocab_size: int | None = field(default=None, metadata={"help": (
+        "Model vocabulary (the expanded size); unset: the tokenizer's."
+    )})
+    train_file: str = field(default=str(DEMO_DIR / "train.jsonl"), metadata={"help": (
+        "Parallel JSONL giving realistic sentence lengths."
+    )})
+    tokenizer: str | None = field(default=None, metadata={"help": (
+        "Tokenizer folder; unset: the demo tokenizer trained on --train_file."
+    )})
+    scenarios: str = field(default="stage1_shared,stage1_frozen,stage1_shared_lm,stage3", metadata={"help": (
+        "Comma-separated scenarios to run."
+    )})
+    batch_sizes: str = field(default="32", metadata={"help": (
+        "Comma-separated per-device pair batch sizes to try (stage 3: blocks = batch / 16); an out-of-memory "
+        "ends the search."
+    )})
     pool_layer: int | None = field(default=None, metadata={"help": "Pooled layer; unset: the middle one."})
     block_size: int = field(default=1024, metadata={"help": "LM block length (stage 1 LM loss, stage 3)."})
     lm_batch_size: int = field(default=4, metadata={"help": "LM blocks per step in stage 1 with the LM loss."})
     max_seq_length: int = field(default=128, metadata={"help": "Truncation length per sentence."})
     steps: int = field(default=10, metadata={"help": "Timed steps per measurement (after 3 warm-up steps)."})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast."})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations (more fits, ~1/3 more compute)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": (
+        "Recompute activations (more fits, ~1/3 more compute)."
+    )})
     output: str = field(default="bench/results_throughput.json", metadata={"help": "Where to write the JSON results."})
 
 
@@ -100,19 +112,22 @@ def run_scenario(name, config, lm_state, pair_batches, args, device, batch_size)
         frozen = LlamaForCausalLM(config).to(device, dtype=torch.bfloat16 if args.bf16 else torch.float32)
         frozen.load_state_dict(lm_state)
         frozen.requires_grad_(False).eval()
-    targs = tc.Arguments(pool_layer=layer, english_encoder="frozen" if frozen is not None else "shared",
-                         lm_weight=1.0 if name.endswith("_lm") else 0.0, lm_train_file=__file__)
-    model = tc.ContrastiveModel(lm, [layer], targs, config.bos_token_id, None).train()
+    lm_weight = 1.0 if name.endswith("_lm") else 0.0
+    model = tc.ContrastiveModel(lm, layers=[layer], bos_token_id=config.bos_token_id).train()
     opt = torch.optim.AdamW(lm.parameters(), lr=1e-5, fused=device.type == "cuda")
     gen = torch.Generator().manual_seed(0)
     n_blocks = args.lm_batch_size if stage1 else max(1, batch_size // 16)
-    blocks = [torch.randint(3, config.vocab_size, (n_blocks, args.block_size), generator=gen).to(device) for _ in range(2)]
+    blocks = [torch.randint(3, config.vocab_size, (n_blocks, args.block_size), generator=gen).to(device)
+              for _ in range(2)]
 
     def step(i):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             if stage1:
-                lm_batch = blocks[i % 2] if targs.lm_weight > 0 else None
-                loss, _, _ = tc.training_losses(model, frozen, pair_batches[i % len(pair_batches)], lm_batch, targs)
+                lm_batch = blocks[i % 2] if lm_weight > 0 else None
+                ko, en, lm_loss = model(**pair_batches[i % len(pair_batches)], english_encoder=frozen,
+                                        lm_input_ids=lm_batch)
+                loss, _, _ = tc.step_losses(ko, en, lm_loss, temperature=0.05, symmetric=True, cl_weight=1.0,
+                                            lm_weight=lm_weight)
             else:
                 loss = lm(input_ids=blocks[i % 2], labels=blocks[i % 2]).loss
         loss.backward()
@@ -137,7 +152,7 @@ def run_scenario(name, config, lm_state, pair_batches, args, device, batch_size)
         en_tokens = np.mean([b["en_input_ids"].numel() for b in used])
         flops = 6 * trunc_params * ko_tokens + (2 if frozen is not None else 6) * trunc_params * en_tokens
         tokens = ko_tokens + en_tokens
-        if targs.lm_weight > 0:
+        if lm_weight > 0:
             flops += 6 * full_params * n_blocks * args.block_size
             tokens += n_blocks * args.block_size
         pairs_per_s = batch_size / seconds
@@ -145,25 +160,28 @@ def run_scenario(name, config, lm_state, pair_batches, args, device, batch_size)
         tokens = n_blocks * args.block_size
         flops = 6 * full_params * tokens
         pairs_per_s = None
-    result = {"batch_size": batch_size if stage1 else n_blocks, "seconds_per_step": seconds, "tokens_per_s": tokens / seconds,
-              "model_flops_per_s": flops / seconds, "pairs_per_s": pairs_per_s}
+    result = {"batch_size": batch_size if stage1 else n_blocks, "seconds_per_step": seconds,
+              "tokens_per_s": tokens / seconds, "model_flops_per_s": flops / seconds, "pairs_per_s": pairs_per_s}
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result  # the model and optimizer go with this frame
 
 
 def main(argv=None):
-    (args,) = HfArgumentParser(Arguments).parse_args_into_dataclasses(args=argv)
+    args = parse_arguments(Arguments, argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pairs = list(iter_parallel_jsonl(args.train_file))
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else train_demo_tokenizer([p[s] for p in pairs for s in ("ko", "en")])
+    if args.tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    else:
+        tokenizer = train_demo_tokenizer([p[s] for p in pairs for s in ("ko", "en")])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     ko = tokenizer([p["ko"] for p in pairs], truncation=True, max_length=args.max_seq_length)["input_ids"]
     en = tokenizer([p["en"] for p in pairs], truncation=True, max_length=args.max_seq_length)["input_ids"]
-    config = LlamaConfig(vocab_size=args.vocab_size or len(tokenizer), max_position_embeddings=max(2048, args.block_size),
-                         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         **CONFIGS[args.model_config])
+    config = LlamaConfig(vocab_size=args.vocab_size or len(tokenizer), tie_word_embeddings=False,
+                         max_position_embeddings=max(2048, args.block_size), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **CONFIGS[args.model_config])
     with torch.device(device):
         lm_state = LlamaForCausalLM(config).state_dict()
     peak = peak_flops(device, torch.bfloat16 if args.bf16 else torch.float32)
@@ -192,20 +210,25 @@ def main(argv=None):
                     torch.cuda.empty_cache()
             r["mfu"] = r["model_flops_per_s"] / peak
             real = sum(int(b["ko_attention_mask"].sum() + b["en_attention_mask"].sum()) for b in batches)
-            r["real_token_share_pairs"] = real / sum(b["ko_input_ids"].numel() + b["en_input_ids"].numel() for b in batches)
+            padded = sum(b["ko_input_ids"].numel() + b["en_input_ids"].numel() for b in batches)
+            r["real_token_share_pairs"] = real / padded
             if r["pairs_per_s"]:
                 # with the LM stream on, an epoch is still one pass over the pairs (they outnumber the blocks)
                 r["epoch_hours_1gpu"] = RESEARCH_PAIRS / r["pairs_per_s"] / 3600
                 r["epoch_hours_8gpu"] = r["epoch_hours_1gpu"] / 8
-            print(f"{name:<18} batch {r['batch_size']:>4}: {r['tokens_per_s']:>9.0f} tok/s, MFU {r['mfu']:.1%}"
-                  + (f", {r['pairs_per_s']:.0f} pairs/s, epoch {r['epoch_hours_1gpu']:.1f} h on one such device" if r["pairs_per_s"] else "")
-                  + (f", peak {r['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in r else ""))
+            line = f"{name:<18} batch {r['batch_size']:>4}: {r['tokens_per_s']:>9.0f} tok/s, MFU {r['mfu']:.1%}"
+            if r["pairs_per_s"]:
+                line += f", {r['pairs_per_s']:.0f} pairs/s, epoch {r['epoch_hours_1gpu']:.1f} h on one such device"
+            if "peak_memory_gib" in r:
+                line += f", peak {r['peak_memory_gib']:.1f} GiB"
+            print(line)
             if best is None or r["tokens_per_s"] > best["tokens_per_s"]:
                 best = r
             results["scenarios"].setdefault(name, []).append(r)
         results.setdefault("best", {})[name] = best
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(results, indent=2))  # after each scenario: a cut-off run keeps what it measured
+        # written after each scenario: a cut-off run keeps what it measured
+        Path(args.output).write_text(json.dumps(results, indent=2))
     return results
 
 

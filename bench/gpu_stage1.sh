@@ -13,11 +13,11 @@ python3 -c "import torch, transformers, accelerate, datasets; print('torch', tor
 
 echo "== 1. embedded demo on the GPU"
 time timeout 180 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-  train_contrastive.py --output_dir /tmp/demo_gpu --report_to none > "$OUT/demo.log" 2>&1
+  train_contrastive.py data/demo/stage1.yaml --output_dir /tmp/demo_gpu --report_to none > "$OUT/demo.log" 2>&1
 grep "eval:" "$OUT/demo.log" | sed 's/.*INFO //'
 
 echo "== 2. truncated vs full forward, 1.3B, bf16"
-time timeout 240 python3 bench/bench_contrastive.py --model_config sheared-1.3b --bf16 --batch_size 64 --steps 10 \
+time timeout 240 python3 -m bench.bench_contrastive --model_config sheared-1.3b --bf16 --batch_size 64 --steps 10 \
   --train_file "$PAIRS" --tokenizer "$TOK" --output "$OUT/bench_1.3b.json" 2>&1 | grep -v Warning | tail -6
 
 echo "== 3. train_contrastive.py on a random 1.3B, frozen English copy, bf16"

@@ -24,7 +24,7 @@ from transformers import HfArgumentParser
 
 CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 # Argument names that name inputs to read (resolved against a config file's folder when they exist there).
-_INPUT_NAMES = {"model_name_or_path", "models", "baseline", "inputs", "include_path", "english_model"}
+_INPUT_NAMES = {"model_name_or_path", "models", "baseline", "inputs", "include_path", "english_model", "tokenizer"}
 _INPUT_SUFFIXES = ("_file", "_files", "_data", "_corpus", "_tokenizer")
 
 
@@ -41,7 +41,8 @@ def read_config(path: str, dataclass_type) -> dict:
     try:
         values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"config file {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} ({e})") from None
+        kind = "JSON" if path.endswith(".json") else "YAML"
+        raise ValueError(f"config file {path}: not valid {kind} ({e})") from None
     values = values or {}
     if not isinstance(values, dict):
         raise ValueError(f"config file {path}: expected a mapping of argument names to values")

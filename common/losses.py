@@ -59,7 +59,8 @@ def info_nce(
     anchor side only, through both directions when symmetric.
     """
     if anchors.shape != candidates.shape or anchors.dim() != 2:
-        raise ValueError(f"anchors and candidates must both be (B, D); got {tuple(anchors.shape)} and {tuple(candidates.shape)}")
+        raise ValueError(f"anchors and candidates must both be (B, D); "
+                         f"got {tuple(anchors.shape)} and {tuple(candidates.shape)}")
     a = F.normalize(anchors.float(), dim=-1)
     c = F.normalize(candidates.float(), dim=-1)
     batch = a.shape[0]

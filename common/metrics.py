@@ -58,7 +58,8 @@ def language_model_loss(model, batches, device) -> dict[str, float]:
         n = int((labels[:, 1:] != -100).sum())
         if n == 0:
             continue
-        loss = model(input_ids=input_ids, attention_mask=batch.get("attention_mask", torch.ones_like(input_ids)).to(device), labels=labels).loss
+        attention_mask = batch.get("attention_mask", torch.ones_like(input_ids)).to(device)
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         total += loss.float().item() * n
         count += n
     if count == 0:

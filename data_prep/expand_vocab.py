@@ -1,16 +1,18 @@
 """Expand a Llama SentencePiece tokenizer with Korean pieces, and resize a model to match.
 
-Usage:
-    python data_prep/expand_vocab.py --base_tokenizer ../shared/data/llama2_tokenizer/tokenizer.model \\
+Usage (from the repository root):
+    python -m data_prep.expand_vocab --base_tokenizer ../shared/data/llama2_tokenizer/tokenizer.model \\
         --ko_corpus ../shared/data/mono_ko --ko_vocab_size 8000 --output_dir runs/llama2-ko-tokenizer
-    python data_prep/expand_vocab.py --base_tokenizer princeton-nlp/Sheared-LLaMA-1.3B-ShareGPT \\
+    python -m data_prep.expand_vocab --base_tokenizer princeton-nlp/Sheared-LLaMA-1.3B-ShareGPT \\
         --model_name_or_path princeton-nlp/Sheared-LLaMA-1.3B-ShareGPT \\
-        --ko_corpus data/mono_ko/train.jsonl --ko_vocab_size 16000 --en_corpus data/mono_en/train.jsonl \\
-        --output_dir models/sheared-llama-1.3b-ko
+        --ko_corpus runs/data/mono_ko/train.jsonl --ko_vocab_size 16000 --en_corpus runs/data/mono_en/train.jsonl \\
+        --output_dir runs/sheared-llama-1.3b-ko
+    python -m data_prep.expand_vocab expand.yaml --output_dir runs/ko-tokenizer2   # a config file, then overrides
 
 Steps:
-1. Korean documents are read from ``--ko_corpus`` (anything prepare_mono.py reads: wiki-extractor,
-   JSONL ``{"text"}``, plain text; files, folders, archives) and cleaned the same way. A share of the
+1. Korean documents are read from ``--ko_corpus`` (anything prepare_mono.py reads, with the same reader,
+   ``sources.iter_clean_documents``: wiki-extractor, JSONL ``{"text"}``, plain text; files, folders,
+   archives) and cleaned the same way. A share of the
    documents (``--heldout_ratio``, by a hash of the text) is held out for the figures below.
 2. A Korean SentencePiece model (BPE like Llama's, identity normalisation, digits split) of
    ``--ko_vocab_size`` pieces is trained on the rest (``ko_sp.model`` in the output).
@@ -42,7 +44,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -52,11 +53,9 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.args import parse_arguments  # noqa: E402
-from data_prep.prepare_mono import DEFAULT_EXCLUDE, iter_clean_documents  # noqa: E402
-from data_prep.sources import DataError, has_hangul  # noqa: E402
+from common.args import parse_arguments
+from common.data import DataError
+from data_prep.sources import DEFAULT_EXCLUDE, has_hangul, iter_clean_documents
 
 BUILTIN_ENGLISH = [
     "The quick brown fox jumps over the lazy dog.",
@@ -71,18 +70,34 @@ _SENTENCE_END = re.compile(r"(?<=[.!?。])\s+")
 
 @dataclass
 class Arguments:
-    base_tokenizer: str = field(default=None, metadata={"help": "Base Llama tokenizer: a tokenizer.model file, or a folder (or hub id) holding one."})
-    ko_corpus: list[str] = field(default_factory=list, metadata={"help": "Korean text to learn pieces from: files, folders, archives (wiki-extractor, JSONL with 'text', plain text)."})
-    ko_vocab_size: int = field(default=16000, metadata={"help": "Pieces of the Korean SentencePiece model (those the base already has, or without Hangul, are not added)."})
-    output_dir: str = field(default="runs/expanded_tokenizer", metadata={"help": "Output folder: tokenizer (+ model), ko_sp.model, expand_vocab.json."})
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Base causal LM to resize; new rows initialised as the mean of their base pieces' rows."})
-    new_piece_scores: str = field(default="below", metadata={"help": "Merge priority of the new pieces: 'below' every base piece (base Korean merges first) or 'above' (the Korean model's merges first); Korean order kept either way."})
-    ko_model_type: str = field(default="bpe", metadata={"help": "SentencePiece model type of the Korean model: 'bpe' (as Llama) or 'unigram'."})
-    character_coverage: float = field(default=0.9995, metadata={"help": "SentencePiece character_coverage of the Korean model (rare characters stay byte fallback)."})
-    max_sentences: int = field(default=2_000_000, metadata={"help": "At most this many Korean lines are sampled for SentencePiece training (input_sentence_size)."})
-    heldout_ratio: float = field(default=0.05, metadata={"help": "Share of Korean documents (by hash) held out from training for the tokens-per-line and round-trip checks."})
-    en_corpus: list[str] = field(default_factory=list, metadata={"help": "English text on which to check that ids are unchanged (all its lines)."})
-    max_check_lines: int = field(default=0, metadata={"help": "Check at most this many lines of each language; 0: all."})
+    base_tokenizer: str = field(default=None, metadata={
+        "help": "Base Llama tokenizer: a tokenizer.model file, or a folder (or hub id) holding one."})
+    ko_corpus: list[str] = field(default_factory=list, metadata={
+        "help": "Korean text to learn pieces from: files, folders, archives (wiki-extractor, JSONL with 'text', "
+                "plain text)."})
+    ko_vocab_size: int = field(default=16000, metadata={
+        "help": "Pieces of the Korean SentencePiece model (those the base already has, or without Hangul, are not "
+                "added)."})
+    output_dir: str = field(default="runs/expanded_tokenizer", metadata={
+        "help": "Output folder: tokenizer (+ model), ko_sp.model, expand_vocab.json."})
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "Base causal LM to resize; new rows initialised as the mean of their base pieces' rows."})
+    new_piece_scores: str = field(default="below", metadata={
+        "help": "Merge priority of the new pieces: 'below' every base piece (base Korean merges first) or 'above' "
+                "(the Korean model's merges first); Korean order kept either way."})
+    ko_model_type: str = field(default="bpe", metadata={
+        "help": "SentencePiece model type of the Korean model: 'bpe' (as Llama) or 'unigram'."})
+    character_coverage: float = field(default=0.9995, metadata={
+        "help": "SentencePiece character_coverage of the Korean model (rare characters stay byte fallback)."})
+    max_sentences: int = field(default=2_000_000, metadata={
+        "help": "At most this many Korean lines are sampled for SentencePiece training (input_sentence_size)."})
+    heldout_ratio: float = field(default=0.05, metadata={
+        "help": "Share of Korean documents (by hash) held out from training for the tokens-per-line and "
+                "round-trip checks."})
+    en_corpus: list[str] = field(default_factory=list, metadata={
+        "help": "English text on which to check that ids are unchanged (all its lines)."})
+    max_check_lines: int = field(default=0, metadata={
+        "help": "Check at most this many lines of each language; 0: all."})
     num_threads: int = field(default=2, metadata={"help": "SentencePiece trainer threads."})
     seed: int = field(default=42, metadata={"help": "SentencePiece sampling seed."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing --output_dir."})
@@ -94,7 +109,8 @@ def resolve_model_file(base: str) -> str:
     if os.path.isdir(base):
         path = os.path.join(base, "tokenizer.model")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{base}: no tokenizer.model in this folder (a SentencePiece Llama tokenizer is needed)")
+            raise FileNotFoundError(f"{base}: no tokenizer.model in this folder "
+                                    "(a SentencePiece Llama tokenizer is needed)")
         return path
     from huggingface_hub import hf_hub_download
 
@@ -142,10 +158,11 @@ def train_korean(lines: list[str], args: Arguments) -> sp_pb2.ModelProto:
 
 def _train_sp(lines: list[str], args: Arguments, model: io.BytesIO) -> None:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, vocab_size=args.ko_vocab_size, model_type=args.ko_model_type,
-        character_coverage=args.character_coverage, normalization_rule_name="identity", add_dummy_prefix=True,
-        remove_extra_whitespaces=False, split_digits=True, byte_fallback=False, input_sentence_size=args.max_sentences,
-        shuffle_input_sentence=True, num_threads=args.num_threads, hard_vocab_limit=False, seed_sentencepiece_size=1_000_000,
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=args.ko_vocab_size,
+        model_type=args.ko_model_type, character_coverage=args.character_coverage,
+        normalization_rule_name="identity", add_dummy_prefix=True, remove_extra_whitespaces=False,
+        split_digits=True, byte_fallback=False, input_sentence_size=args.max_sentences, shuffle_input_sentence=True,
+        num_threads=args.num_threads, hard_vocab_limit=False, seed_sentencepiece_size=1_000_000,
         minloglevel=2, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
     )
 
@@ -210,7 +227,8 @@ def check_tokenizers(sp_base, sp_new, tok_base, tok_new, ko_lines: list[str], en
     return report
 
 
-def resize_model(model, sp_split: spm.SentencePieceProcessor, new_pieces: list[str], first_new_id: int, vocab_size: int) -> dict:
+def resize_model(model, sp_split: spm.SentencePieceProcessor, new_pieces: list[str], first_new_id: int,
+                 vocab_size: int) -> dict:
     """Resize input embeddings and lm_head to ``vocab_size``; new row i = mean of the base rows of the
     pieces the base tokenizer splits new piece i into. Returns {piece: [base ids]}."""
     import torch
@@ -282,7 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
     # 2-3. Korean SentencePiece model, merged into the base
     ko = train_korean(train_lines, args)
     merged, new_pieces = merge(base, ko, args.new_piece_scores)
-    print(f"Korean model: {len(ko.pieces)} pieces; {len(new_pieces)} new pieces with Hangul added to the base's {len(base.pieces)}")
+    print(f"Korean model: {len(ko.pieces)} pieces; {len(new_pieces)} new pieces with Hangul added to the base's "
+          f"{len(base.pieces)}")
 
     final = Path(args.output_dir)
     tmp = final.with_name(final.name + ".tmp")
@@ -324,9 +343,11 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(final)
     os.replace(tmp, final)
 
-    print(f"tokens per Korean line (held out, {checks['ko_lines']} lines): {checks['ko_tokens_per_line_before']:.2f} -> "
+    print(f"tokens per Korean line (held out, {checks['ko_lines']} lines): "
+          f"{checks['ko_tokens_per_line_before']:.2f} -> "
           f"{checks['ko_tokens_per_line_after']:.2f} ({checks['ko_token_reduction']:.2f}x fewer)")
-    print(f"English lines with changed ids: {checks['english_ids_changed']} of {checks['en_lines'] - checks['en_lines_with_hangul']} "
+    compared = checks["en_lines"] - checks["en_lines_with_hangul"]
+    print(f"English lines with changed ids: {checks['english_ids_changed']} of {compared} "
           f"without Hangul ({checks['en_lines_with_hangul']} with Hangul not compared); round-trip failures: "
           f"{checks['roundtrip_failed']}; Hugging Face vs SentencePiece differences: {checks['hf_vs_sentencepiece']}")
     if args.model_name_or_path:

@@ -4,21 +4,23 @@ Writes ``OUTPUT_DIR/train.jsonl`` and ``OUTPUT_DIR/validation.jsonl`` (one ``{"k
 line, NFC) and ``OUTPUT_DIR/stats.json`` (pairs read and kept per source, pairs removed per filter with
 the first locations, files skipped and why), and prints a summary.
 
-Usage:
-    python data_prep/prepare_parallel.py --inputs ~/aihub/한국어-영어_번역_말뭉치 ~/aihub/기술과학.zip \\
-        --output_dir data/parallel
-    python data_prep/prepare_parallel.py --inputs ntrex=../shared/data/ntrex128_en_ko \\
-        tatoeba=../shared/data/tatoeba_kor_eng/kor.txt --output_dir data/parallel
-    python data_prep/prepare_parallel.py --ko_files a.ko --en_files a.en --output_dir data/parallel
-    python data_prep/prepare_parallel.py --inputs corpus.jsonl --ko_field korean_text --en_field english_text ...
+Usage (from the repository root):
+    python -m data_prep.prepare_parallel --inputs ~/aihub/한국어-영어_번역_말뭉치 ~/aihub/기술과학.zip \\
+        --output_dir runs/data/parallel
+    python -m data_prep.prepare_parallel --inputs ntrex=../shared/data/ntrex128_en_ko \\
+        tatoeba=../shared/data/tatoeba_kor_eng/kor.txt --output_dir runs/data/parallel
+    python -m data_prep.prepare_parallel --ko_files a.ko --en_files a.en --output_dir runs/data/parallel
+    python -m data_prep.prepare_parallel --inputs corpus.jsonl --ko_field korean_text --en_field english_text ...
+    python -m data_prep.prepare_parallel parallel.yaml --output_dir runs/data/parallel2  # a config file + overrides
 
 ``--inputs`` takes files, folders, zip and tar archives in any mix (``NAME=PATH`` names the source;
 default: the input's name without extension). Inside, each file is recognised by its content:
 - xlsx (한국어-영어 번역(병렬) 말뭉치): every sheet, header row, ``원문`` Korean, ``번역문`` English;
 - CSV / TSV with a header, JSON (a list of records, ``{"data": [...]}``, or one record per file), JSONL.
-  Fields: ``ko``/``en`` (기술과학, 사회과학: ``mt``, the machine draft, is never used), ``한국어``/``영어``
-  (전문분야), ``원문``/``최종번역문`` (방송콘텐츠: ``원문`` is English in ``enko``/``영한`` sets, named by
-  a path component, or when only the translation holds Hangul), ``korean``/``english``, ``kor``/``eng``;
+  Fields: ``ko``/``en`` (기술과학, 사회과학: ``mt``, the machine draft, is never used),
+  ``한국어``/``영어`` (전문분야), ``원문``/``최종번역문`` (방송콘텐츠: ``원문`` is English in
+  ``enko``/``영한`` sets, named by a path component, or when only the translation holds Hangul),
+  ``korean``/``english``, ``kor``/``eng``;
   ``--ko_field``/``--en_field`` override (column numbers for header-less TSV);
 - two line-aligned text files named alike but for a language token (``x.ko``/``x.en``,
   ``x-src.eng.txt``/``x-ref.kor.txt``); their line counts must match;
@@ -49,7 +51,6 @@ import csv
 import hashlib
 import json
 import os
-import sys
 import time
 from array import array
 from collections import defaultdict
@@ -57,16 +58,15 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.args import parse_arguments  # noqa: E402
-from data_prep.sources import (  # noqa: E402
-    DataError,
+from common.args import parse_arguments
+from common.data import DataError, parse_json_line
+from data_prep.sources import (
     Entry,
     clean_text,
     digest_entry,
@@ -85,27 +85,47 @@ csv.field_size_limit(1 << 30)
 
 @dataclass
 class Arguments:
-    inputs: list[str] = field(default_factory=list, metadata={"help": "Files, folders, zip or tar archives, any mix. NAME=PATH sets the 'source' of its pairs (default: the input's name without extension)."})
-    output_dir: str = field(default="data/parallel", metadata={"help": "Where train.jsonl, validation.jsonl and stats.json are written."})
-    ko_files: list[str] = field(default_factory=list, metadata={"help": "Line-aligned Korean text files (NAME=PATH allowed), paired by position with --en_files."})
-    en_files: list[str] = field(default_factory=list, metadata={"help": "Line-aligned English text files, paired by position with --ko_files."})
-    ko_field: str | None = field(default=None, metadata={"help": "Name of the Korean field/column (for header-less TSV: its 0-based number); overrides detection."})
-    en_field: str | None = field(default=None, metadata={"help": "Name of the English field/column (for header-less TSV: its 0-based number); overrides detection."})
-    exclude: list[str] = field(default_factory=list, metadata={"help": "Glob patterns (fnmatch on the file's full name, archive path included) of files to leave out."})
-    encoding: str = field(default="utf-8", metadata={"help": "Text encoding of text, CSV and JSON files (e.g. cp949 for some AI-Hub CSVs)."})
-    validation_ratio: float = field(default=0.01, metadata={"help": "Share of the pairs of corpora without their own split that go to validation (decided by a hash of the pair)."})
-    split_from_names: bool = field(default=True, metadata={"help": "Keep a corpus's own split when a path component names it (train/TL_/훈련, valid/dev/test/VL_/검증); false: the hash decides for everything."})
-    min_chars: int = field(default=1, metadata={"help": "Remove pairs with a side shorter than this many characters (after cleaning)."})
-    max_chars: int = field(default=1000, metadata={"help": "Remove pairs with a side longer than this many characters."})
-    max_length_ratio: float = field(default=3.0, metadata={"help": "Remove pairs whose sides' UTF-8 byte lengths differ by more than this factor; 0 turns the filter off."})
-    ratio_min_bytes: int = field(default=30, metadata={"help": "Apply --max_length_ratio only when the longer side has at least this many UTF-8 bytes (short pairs vary a lot)."})
-    max_en_hangul_share: float = field(default=0.5, metadata={"help": "Remove pairs whose English side has more than this share of Hangul among its letters."})
+    inputs: list[str] = field(default_factory=list, metadata={
+        "help": "Files, folders, zip or tar archives, any mix. NAME=PATH sets the 'source' of its pairs (default: "
+                "the input's name without extension)."})
+    output_dir: str = field(default="runs/data/parallel", metadata={
+        "help": "Where train.jsonl, validation.jsonl and stats.json are written."})
+    ko_files: list[str] = field(default_factory=list, metadata={
+        "help": "Line-aligned Korean text files (NAME=PATH allowed), paired by position with --en_files."})
+    en_files: list[str] = field(default_factory=list, metadata={
+        "help": "Line-aligned English text files, paired by position with --ko_files."})
+    ko_field: str | None = field(default=None, metadata={
+        "help": "Name of the Korean field/column (for header-less TSV: its 0-based number); overrides detection."})
+    en_field: str | None = field(default=None, metadata={
+        "help": "Name of the English field/column (for header-less TSV: its 0-based number); overrides detection."})
+    exclude: list[str] = field(default_factory=list, metadata={
+        "help": "Glob patterns (fnmatch on the file's full name, archive path included) of files to leave out."})
+    encoding: str = field(default="utf-8", metadata={
+        "help": "Text encoding of text, CSV and JSON files (e.g. cp949 for some AI-Hub CSVs)."})
+    validation_ratio: float = field(default=0.01, metadata={
+        "help": "Share of the pairs of corpora without their own split that go to validation (decided by a hash "
+                "of the pair)."})
+    split_from_names: bool = field(default=True, metadata={
+        "help": "Keep a corpus's own split when a path component names it "
+                "(train/TL_/훈련, valid/dev/test/VL_/검증); false: the hash decides for everything."})
+    min_chars: int = field(default=1, metadata={
+        "help": "Remove pairs with a side shorter than this many characters (after cleaning)."})
+    max_chars: int = field(default=1000, metadata={
+        "help": "Remove pairs with a side longer than this many characters."})
+    max_length_ratio: float = field(default=3.0, metadata={
+        "help": "Remove pairs whose sides' UTF-8 byte lengths differ by more than this factor; 0 turns the filter "
+                "off."})
+    ratio_min_bytes: int = field(default=30, metadata={
+        "help": "Apply --max_length_ratio only when the longer side has at least this many UTF-8 bytes (short "
+                "pairs vary a lot)."})
+    max_en_hangul_share: float = field(default=0.5, metadata={
+        "help": "Remove pairs whose English side has more than this share of Hangul among its letters."})
 
 
 FILTERS = ("malformed_row", "empty_side", "too_short", "too_long", "identical_sides", "ko_without_hangul",
            "en_mostly_hangul", "length_ratio", "duplicate", "in_validation")
-KNOWN_FIELDS = [("ko", "en"), ("한국어", "영어"), ("원문", "번역문"), ("원문", "최종번역문"), ("korean", "english"),
-                ("kor", "eng"), ("ko_text", "en_text")]
+KNOWN_FIELDS = [("ko", "en"), ("한국어", "영어"), ("원문", "번역문"), ("원문", "최종번역문"),
+                ("korean", "english"), ("kor", "eng"), ("ko_text", "en_text")]
 KO_TOKENS, EN_TOKENS = {"ko", "kor", "kr", "korean"}, {"en", "eng", "english"}
 ROLE_TOKENS = {"src", "ref", "source", "target", "tgt", "reference"}
 STS_HEADER = ["genre", "filename", "year", "id", "score", "sentence1", "sentence2"]
@@ -126,13 +146,15 @@ def path_direction(parts: tuple[str, ...]) -> str | None:
     return None
 
 
-def detect_fields(fields: list[str], where: str, args: Arguments, parts: tuple[str, ...]) -> tuple[str, str, str, str]:
+def detect_fields(fields: list[str], where: str, args: Arguments,
+                  parts: tuple[str, ...]) -> tuple[str, str, str, str]:
     """(ko key, en key, direction, layout name) for records with these fields. direction: 'koen'
     (as named), 'enko' (swap), or 'auto' (swap a record when only the en field holds Hangul)."""
     if args.ko_field or args.en_field:
         missing = [f for f in (args.ko_field, args.en_field) if f not in fields]
         if not args.ko_field or not args.en_field or missing:
-            raise DataError(f"{where}: --ko_field {args.ko_field!r} / --en_field {args.en_field!r} not found; fields: {fields}")
+            raise DataError(f"{where}: --ko_field {args.ko_field!r} / --en_field {args.en_field!r} not found; "
+                            f"fields: {fields}")
         return args.ko_field, args.en_field, "koen", f"{args.ko_field}/{args.en_field}"
     by_lower = {f.strip().lower(): f for f in fields if isinstance(f, str)}
     for ko, en in KNOWN_FIELDS:
@@ -141,7 +163,8 @@ def detect_fields(fields: list[str], where: str, args: Arguments, parts: tuple[s
             if (ko, en) == ("원문", "최종번역문"):
                 direction = path_direction(parts) or "auto"
             return by_lower[ko], by_lower[en], direction, f"{ko}/{en}"
-    raise DataError(f"{where}: cannot tell the Korean and English fields among {fields}; pass --ko_field and --en_field")
+    raise DataError(f"{where}: cannot tell the Korean and English fields among {fields}; "
+                    "pass --ko_field and --en_field")
 
 
 def oriented(ko, en, direction: str):
@@ -195,7 +218,9 @@ def read_line_aligned(ko: Entry, en: Entry, encoding: str) -> Iterator[tuple]:
         for n, line_ko in lines_ko:
             nxt = next(lines_en, None)
             if nxt is None:
-                raise DataError(f"line-aligned files differ in length: {ko.name} has {n + sum(1 for _ in lines_ko)} lines, {en.name} has {n - 1}")
+                ko_lines = n + sum(1 for _ in lines_ko)
+                raise DataError(f"line-aligned files differ in length: {ko.name} has {ko_lines} lines, "
+                                f"{en.name} has {n - 1}")
             yield line_ko, nxt[1], f"{ko.name}:{n}"
         rest = sum(1 for _ in lines_en)
         if rest:
@@ -244,7 +269,8 @@ def read_xlsx(entry: Entry, args: Arguments) -> tuple[str, Iterator[tuple]]:
         if header is None:
             continue
         names = ["" if h is None else str(h).strip() for h in header]
-        ko_key, en_key, direction, layout = detect_fields(names, f"{entry.name} sheet {ws.title!r} row 1", args, entry.parts)
+        where = f"{entry.name} sheet {ws.title!r} row 1"
+        ko_key, en_key, direction, layout = detect_fields(names, where, args, entry.parts)
         sheets.append((ws.title, rows, names.index(ko_key), names.index(en_key), direction))
         layouts.append(layout)
 
@@ -280,7 +306,7 @@ def read_records(entry: Entry, records: Iterator[tuple], args: Arguments, kind: 
     ko_key, en_key, direction, layout = detect_fields(list(record), where, args, entry.parts)
 
     def gen():
-        for rec, at in _chain(first, records):
+        for rec, at in chain((first,), records):
             if not isinstance(rec, dict):
                 yield None, None, at
                 continue
@@ -289,14 +315,7 @@ def read_records(entry: Entry, records: Iterator[tuple], args: Arguments, kind: 
     return f"{kind} {layout}", gen()
 
 
-def _chain(first, rest):
-    yield first
-    yield from rest
-
-
 def iter_jsonl(entry: Entry, encoding: str) -> Iterator[tuple]:
-    from common.data import parse_json_line
-
     with entry.open() as f:
         for n, line in iter_lines(f, entry.name, encoding):
             if line.strip():
@@ -370,8 +389,11 @@ def headerless_columns(entry: Entry, args: Arguments, sample: int = 200) -> tupl
     ko_col = int(np.argmax(ko_share))
     if ko_share[ko_col] < 0.8:
         return None
-    latin = [c for c in range(ncols) if c != ko_col
-             and sum(any("a" <= ch.lower() <= "z" for ch in r[c]) and hangul_share(r[c]) < 0.1 for r in rows) / len(rows) >= 0.8]
+
+    def latin_share(c: int) -> float:
+        return sum(any("a" <= ch.lower() <= "z" for ch in r[c]) and hangul_share(r[c]) < 0.1 for r in rows) / len(rows)
+
+    latin = [c for c in range(ncols) if c != ko_col and latin_share(c) >= 0.8]
     if not latin:
         return None
     en_col = max(latin, key=lambda c: len({r[c][:10] for r in rows}))
@@ -411,7 +433,8 @@ def plan(args: Arguments, stack: ExitStack, stats: dict) -> list[Job]:
     for spec in args.inputs:
         source, path = source_name(spec)
         entries = [e for e in iter_entries(path, stack) if not any(fnmatch(e.name, p) for p in args.exclude)]
-        direct = len(entries) == 1 and os.path.isfile(path) and lower_ext(path) not in (".zip", ".tar", ".tar.gz", ".tgz")
+        direct = (len(entries) == 1 and os.path.isfile(path)
+                  and lower_ext(path) not in (".zip", ".tar", ".tar.gz", ".tgz"))
         used = set()
         by_key = defaultdict(dict)
         for e in entries:
@@ -422,7 +445,8 @@ def plan(args: Arguments, stack: ExitStack, stats: dict) -> list[Job]:
             if len(langs.get("ko", [])) == 1 and len(langs.get("en", [])) == 1:
                 jobs.append(Job(source, [langs["ko"][0], langs["en"][0]], "aligned"))
                 used.update({langs["ko"][0].name, langs["en"][0].name})
-        en_by_place = {(e.parts[:-2], e.parts[-2], os.path.splitext(e.basename)[0]): e for e in entries if len(e.parts) >= 2}
+        en_by_place = {(e.parts[:-2], e.parts[-2], os.path.splitext(e.basename)[0]): e
+                       for e in entries if len(e.parts) >= 2}
         for e in entries:
             if len(e.parts) >= 2 and e.parts[-2] == "ko" and lower_ext(e.basename) == ".tsv" and e.name not in used:
                 partner = en_by_place.get((e.parts[:-2], "en", os.path.splitext(e.basename)[0]))
@@ -544,7 +568,8 @@ def read_all(args: Arguments, stats: dict, cand: dict, hashes: dict) -> None:
             opened = open_job(job, args)
             if opened is None:
                 if job.direct:
-                    raise DataError(f"{job.entries[0].name}: not recognised as parallel data (xlsx, csv, tsv, json, jsonl, line-aligned pair)")
+                    raise DataError(f"{job.entries[0].name}: not recognised as parallel data "
+                                    "(xlsx, csv, tsv, json, jsonl, line-aligned pair)")
                 stats["skipped_files"][job.entries[0].name] = "not parallel data"
                 continue
             layout, rows = opened
@@ -632,7 +657,8 @@ def print_summary(report: dict, out: Path) -> None:
     print(f"{'total':<32} {t['rows_read']:>9} {t['train']:>9} {t['validation']:>8}  "
           f"({report['pairs_per_second']} pairs/s)")
     if report["skipped_files"]:
-        print(f"skipped {len(report['skipped_files'])} file(s) that are not parallel data, e.g. {next(iter(report['skipped_files']))}")
+        print(f"skipped {len(report['skipped_files'])} file(s) that are not parallel data, "
+              f"e.g. {next(iter(report['skipped_files']))}")
     if report["duplicate_files"]:
         print(f"read once: {len(report['duplicate_files'])} byte-identical file(s)")
     print(f"wrote {out / 'train.jsonl'}, {out / 'validation.jsonl'}, {out / 'stats.json'}")

@@ -9,6 +9,9 @@
   an object whose list values hold the records (``{"data": [...]}``), a single object (one record per
   file), or several objects one after another (JSON Lines). Memory stays at about one record.
 - ``clean_text``: NFC, control and invisible format characters removed, whitespace collapsed.
+- ``iter_documents`` / ``iter_clean_documents``: the documents of monolingual text (wiki-extractor
+  ``<doc>`` files, JSONL/JSON records with a ``text`` field, plain text by line, paragraph or file),
+  as read by prepare_mono.py and expand_vocab.py; ``DEFAULT_EXCLUDE`` the files they leave out.
 """
 
 import codecs
@@ -24,19 +27,23 @@ import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from fnmatch import fnmatch
+from itertools import chain
 from typing import BinaryIO
 
-from common.data import DataError
+from common.data import DataError, parse_json_line
 
 __all__ = [
-    "DataError", "Entry", "clean_text", "digest_entry", "hangul_share", "has_hangul", "iter_entries",
-    "iter_json_records", "iter_lines", "name_tokens", "split_from_names",
+    "DEFAULT_EXCLUDE", "Entry", "clean_text", "digest_entry", "hangul_share", "has_hangul", "iter_clean_documents",
+    "iter_documents", "iter_entries", "iter_json_records", "iter_lines", "name_tokens", "split_from_names",
 ]
 
 HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7a3\ud7b0-\ud7ff]")
 # Control characters (C0/C1 except tab/newline, handled as whitespace) and invisible format characters
 # (zero-width space/joiners, direction marks and embeddings, word joiner, BOM, soft hyphen).
-_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
+_INVISIBLE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
+)
 _SPACES = re.compile(r"\s+")
 _SPACES_NOT_NEWLINE = re.compile(r"[^\S\n]+")
 _NEWLINES = re.compile(r"\r\n|[\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
@@ -220,7 +227,8 @@ def iter_lines(f: BinaryIO, name: str, encoding: str = "utf-8") -> Iterator[tupl
         try:
             line = raw.decode(encoding)
         except UnicodeDecodeError as e:
-            raise DataError(f"{name}:{lineno}: not {encoding} text (bad byte at column {e.start + 1}{decode_hint(raw, encoding)})") from None
+            hint = decode_hint(raw, encoding)
+            raise DataError(f"{name}:{lineno}: not {encoding} text (bad byte at column {e.start + 1}{hint})") from None
         if lineno == 1:
             line = line.lstrip("\ufeff")
         yield lineno, line
@@ -252,7 +260,8 @@ class _JsonStream:
             text = self.decoder.decode(raw, final=not raw)
         except UnicodeDecodeError as e:
             line = self.line_at(len(self.buf)) + raw[: e.start].count(b"\n")
-            raise DataError(f"{self.name}:{line}: not {self.encoding} text{decode_hint(raw[e.start:e.start + 64], self.encoding)}") from None
+            hint = decode_hint(raw[e.start:e.start + 64], self.encoding)
+            raise DataError(f"{self.name}:{line}: not {self.encoding} text{hint}") from None
         self.eof = not raw
         if self.pos:
             self.line_base += self.buf.count("\n", 0, self.pos)
@@ -264,7 +273,8 @@ class _JsonStream:
         return self.line_base + self.buf.count("\n", 0, index)
 
     def error(self, message: str, index: int | None = None) -> DataError:
-        return DataError(f"{self.name}:{self.line_at(self.pos if index is None else index)}: not valid JSON ({message})")
+        line = self.line_at(self.pos if index is None else index)
+        return DataError(f"{self.name}:{line}: not valid JSON ({message})")
 
     def peek(self, offset: int = 0) -> str:
         """The next non-whitespace character at or after ``pos + offset`` ('' at end of file)."""
@@ -349,3 +359,97 @@ def iter_json_records(f: BinaryIO, name: str, encoding: str = "utf-8") -> Iterat
                 yield scalars, start
         else:
             raise s.error("expected an object or a list at the top level")
+
+
+# -------------------------------------------------------------------------------------------- documents
+
+# Files left out of monolingual inputs by default: they describe a corpus, they are not its text.
+DEFAULT_EXCLUDE = ["*/README*", "*/LICENSE*", "*/LICENCE*", "*/PROVENANCE*"]
+_DOC_OPEN = re.compile(r"<doc\b[^>]*>\s*$")
+
+
+def iter_documents(entry: Entry, encoding: str = "utf-8",
+                   plain_text_unit: str = "line") -> Iterator[tuple[str, str, str | None]]:
+    """(raw text, 'file:line', lang or None) for each document of one file, format found by content."""
+    ext = lower_ext(entry.basename)
+    if ext == ".jsonl":
+        with entry.open() as f:
+            for n, line in iter_lines(f, entry.name, encoding):
+                if line.strip():
+                    yield _record_text(parse_json_line(line, f"{entry.name}:{n}"), f"{entry.name}:{n}")
+        return
+    if ext == ".json":
+        with entry.open() as f:
+            for record, where in iter_json_records(f, entry.name, encoding):
+                yield _record_text(record, where)
+        return
+    with entry.open() as f:
+        lines = iter_lines(f, entry.name, encoding)
+        first = next(((n, line) for n, line in lines if line.strip()), None)
+        if first is None:
+            return
+        if first[1].lstrip().startswith("<doc"):
+            yield from _wiki_docs(first, lines, entry.name)
+        elif plain_text_unit == "line":
+            yield first[1], f"{entry.name}:{first[0]}", None
+            for n, line in lines:
+                if line.strip():
+                    yield line, f"{entry.name}:{n}", None
+        elif plain_text_unit == "paragraph":
+            para, start = [first[1]], first[0]
+            for n, line in lines:
+                if line.strip():
+                    if not para:
+                        start = n
+                    para.append(line)
+                elif para:
+                    yield "".join(para), f"{entry.name}:{start}", None
+                    para = []
+            if para:
+                yield "".join(para), f"{entry.name}:{start}", None
+        elif plain_text_unit == "file":
+            yield first[1] + "".join(line for _, line in lines), f"{entry.name}:{first[0]}", None
+        else:
+            raise ValueError(f"--plain_text_unit must be line, paragraph or file, got {plain_text_unit!r}")
+
+
+def _record_text(record, where: str) -> tuple[str, str, str | None]:
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        found = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise DataError(f"{where}: expected a JSON object with a string 'text' field (found: {found})")
+    lang = record.get("lang")
+    return record["text"], where, lang if lang in ("ko", "en") else None
+
+
+def _wiki_docs(first: tuple[int, str], lines: Iterator[tuple[int, str]],
+               name: str) -> Iterator[tuple[str, str, None]]:
+    """wiki-extractor output: ``<doc ...>`` line, the article (title first), ``</doc>`` line."""
+    body, start = None, None
+    for n, line in chain((first,), lines):
+        s = line.strip()
+        if _DOC_OPEN.match(s):
+            if body is not None:
+                raise DataError(f"{name}:{n}: <doc> inside the document opened at line {start} (missing </doc>)")
+            body, start = [], n
+        elif s == "</doc>":
+            if body is None:
+                raise DataError(f"{name}:{n}: </doc> without an opening <doc>")
+            yield "".join(body), f"{name}:{start}", None
+            body = None
+        elif body is not None:
+            body.append(line)
+        elif s:
+            raise DataError(f"{name}:{n}: text outside <doc> ... </doc> in a wiki-extractor file")
+    if body is not None:
+        raise DataError(f"{name}:{start}: <doc> is never closed (missing </doc>)")
+
+
+def iter_clean_documents(inputs: list[str], stack: ExitStack, encoding: str = "utf-8", plain_text_unit: str = "line",
+                         exclude: list[str] = ()) -> Iterator[tuple[str, str, str, str | None]]:
+    """(input, cleaned text, where, lang given by the record) for every document of every input."""
+    for spec in inputs:
+        for entry in iter_entries(spec, stack):
+            if any(fnmatch(entry.name, p) for p in exclude):
+                continue
+            for text, where, lang in iter_documents(entry, encoding, plain_text_unit):
+                yield spec, clean_text(text, keep_newlines=True), where, lang

@@ -1,12 +1,10 @@
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(ROOT))
 
 # Nothing may come from the hub: anything missing must fail fast, not hang on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

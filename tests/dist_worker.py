@@ -1,10 +1,10 @@
 """Gradient equivalence worker: run under 2 processes, compared against a plain 1-process reference.
 
 Launched by tests/test_distributed.py as
-    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 tests/dist_worker.py OUT.json
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --num_machines 1 -m tests.dist_worker OUT.json
 
 For each variant, every rank builds the same tiny Llama, wraps it exactly as train_contrastive.py
-does (ContrastiveModel, the script's DDP settings, training_losses), takes its half of one global
+does (ContrastiveModel, the script's DDP settings, step_losses), takes its half of one global
 batch (padded to its own local length), and runs forward + backward. Rank 0 then recomputes the
 loss on the whole global batch with a plain implementation written here (full model forward,
 per-row mean pooling, InfoNCE as a double loop) and records the largest gradient difference.
@@ -19,20 +19,23 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train_contrastive as tc  # noqa: E402
-from common.demo import tiny_llama  # noqa: E402
+import train_contrastive as tc
+from common.demo import tiny_llama
+from common.pooling import LayerMixture
 
 NUM_LAYERS, VOCAB, BOS, PAD = 4, 96, 1, 3
+# Settings of each variant over these defaults; "mix_temperature" set means a layer mixture.
+DEFAULTS = dict(layers=[2], pooling="mean", frozen=False, mix_temperature=None, temperature=0.05, symmetric=True,
+                cl_weight=1.0, lm_weight=0.0)
 VARIANTS = {
-    "top_layer_unused_head": dict(pool_layer=NUM_LAYERS),
-    "truncated_middle_layer": dict(pool_layer=2),
-    "layer_0": dict(pool_layer=0),
-    "last_token": dict(pool_layer=3, pooling="last"),
-    "frozen_english": dict(pool_layer=2, english_encoder="frozen"),
-    "mixture": dict(mix_layers="1-3", mix_temperature=0.5),
-    "one_directional": dict(pool_layer=2, symmetric=False),
-    "lm_loss": dict(pool_layer=2, lm_weight=0.5, lm_train_file=__file__),
+    "top_layer_unused_head": dict(layers=[NUM_LAYERS]),
+    "truncated_middle_layer": dict(layers=[2]),
+    "layer_0": dict(layers=[0]),
+    "last_token": dict(layers=[3], pooling="last"),
+    "frozen_english": dict(frozen=True),
+    "mixture": dict(layers=[1, 2, 3], mix_temperature=0.5),
+    "one_directional": dict(symmetric=False),
+    "lm_loss": dict(lm_weight=0.5),
 }
 
 
@@ -83,45 +86,51 @@ def reference_info_nce(a, c, tau, symmetric):
 def main(out_path: str) -> None:
     results = {}
     for v, (name, overrides) in enumerate(VARIANTS.items()):
-        args = tc.Arguments(**overrides)
-        layers = tc.check_args(args, NUM_LAYERS)
-        accelerator = Accelerator(cpu=True, kwargs_handlers=[tc.ddp_kwargs(args)])
+        s = {**DEFAULTS, **overrides}
+        layers = s["layers"]
+        accelerator = Accelerator(cpu=True, kwargs_handlers=[tc.ddp_kwargs(s["lm_weight"])])
         rank, world = accelerator.process_index, accelerator.num_processes
         lm = tiny_llama(VOCAB, hidden_size=32, num_layers=NUM_LAYERS, seed=v)
         lm.config.use_cache = False
         start = copy.deepcopy(lm)
-        frozen = copy.deepcopy(lm).requires_grad_(False).eval() if args.english_encoder == "frozen" else None
-        mixture = tc.LayerMixture(layers, args.mix_temperature) if args.mix_layers else None
+        frozen = copy.deepcopy(lm).requires_grad_(False).eval() if s["frozen"] else None
+        mixture = LayerMixture(layers, s["mix_temperature"]) if s["mix_temperature"] is not None else None
         if mixture is not None:
             with torch.no_grad():
                 mixture.logits.copy_(torch.linspace(-1, 1, len(layers)))
-        model = accelerator.prepare(tc.ContrastiveModel(lm, layers, args, BOS, mixture))
+        model = accelerator.prepare(tc.ContrastiveModel(lm, layers=layers, pooling=s["pooling"], exclude_bos=True,
+                                                        bos_token_id=BOS, mixture=mixture))
 
         pairs = global_batch(seed=100 + v)
         local = pairs[rank * len(pairs) // world : (rank + 1) * len(pairs) // world]
         ko_ids, ko_mask = pad([p[0] for p in local])
         en_ids, en_mask = pad([p[1] for p in local])
-        batch = {"ko_input_ids": ko_ids, "ko_attention_mask": ko_mask, "en_input_ids": en_ids, "en_attention_mask": en_mask}
+        batch = {"ko_input_ids": ko_ids, "ko_attention_mask": ko_mask,
+                 "en_input_ids": en_ids, "en_attention_mask": en_mask}
         lm_global = torch.randint(4, VOCAB, (4, 12), generator=torch.Generator().manual_seed(v))
-        lm_local = lm_global[rank * 2 : (rank + 1) * 2] if args.lm_weight > 0 else None
-        loss, cl_loss, _ = tc.training_losses(model, frozen, batch, lm_local, args)
+        lm_local = lm_global[rank * 2 : (rank + 1) * 2] if s["lm_weight"] > 0 else None
+        ko, en, lm_loss = model(**batch, english_encoder=frozen, lm_input_ids=lm_local)
+        loss, cl_loss, _ = tc.step_losses(ko, en, lm_loss, temperature=s["temperature"], symmetric=s["symmetric"],
+                                          cl_weight=s["cl_weight"], lm_weight=s["lm_weight"])
         accelerator.backward(loss)
         loss = loss.detach().clone()
         dist.all_reduce(loss)
         loss /= world
-        grads = {n: (p.grad.clone() if p.grad is not None else None) for n, p in accelerator.unwrap_model(model).named_parameters()}
+        grads = {n: (p.grad.clone() if p.grad is not None else None)
+                 for n, p in accelerator.unwrap_model(model).named_parameters()}
 
         if rank == 0:
             ref_mix = torch.nn.Parameter(torch.linspace(-1, 1, len(layers))) if mixture is not None else None
-            weights = torch.softmax(ref_mix / args.mix_temperature, 0) if ref_mix is not None else [1.0]
-            ko = reference_vectors(start, [p[0] for p in pairs], layers, args.pooling, weights)
+            weights = torch.softmax(ref_mix / s["mix_temperature"], 0) if ref_mix is not None else [1.0]
+            ko = reference_vectors(start, [p[0] for p in pairs], layers, s["pooling"], weights)
             en_model = start if frozen is None else copy.deepcopy(frozen)
-            en = reference_vectors(en_model, [p[1] for p in pairs], layers, args.pooling, weights)
-            ref_loss = args.cl_weight * reference_info_nce(ko, en, args.temperature, args.symmetric)
-            if args.lm_weight > 0:
+            en = reference_vectors(en_model, [p[1] for p in pairs], layers, s["pooling"], weights)
+            ref_loss = s["cl_weight"] * reference_info_nce(ko, en, s["temperature"], s["symmetric"])
+            if s["lm_weight"] > 0:
                 # mean of the two processes' LM losses, each a mean over its own tokens
-                lm_losses = [start(input_ids=lm_global[r * 2 : (r + 1) * 2], labels=lm_global[r * 2 : (r + 1) * 2]).loss for r in range(2)]
-                ref_loss = ref_loss + args.lm_weight * sum(lm_losses) / 2
+                halves = [lm_global[r * 2 : (r + 1) * 2] for r in range(2)]
+                lm_losses = [start(input_ids=h, labels=h).loss for h in halves]
+                ref_loss = ref_loss + s["lm_weight"] * sum(lm_losses) / 2
             ref_loss.backward()
             ref_grads = {f"lm.{n}": p.grad for n, p in start.named_parameters()}
             if ref_mix is not None:
@@ -135,8 +144,8 @@ def main(out_path: str) -> None:
                 assert g is not None, f"{name}: {n} got no gradient"
                 nonzero += 1
                 worst = max(worst, ((g - r).abs().max() / r.abs().max()).item())
-            results[name] = {"loss": loss.item(), "ref_loss": ref_loss.item(), "max_rel_grad_err": worst, "params_with_grad": nonzero,
-                             "world_size": world}
+            results[name] = {"loss": loss.item(), "ref_loss": ref_loss.item(), "max_rel_grad_err": worst,
+                             "params_with_grad": nonzero, "world_size": world}
         accelerator.wait_for_everyone()
     if dist.get_rank() == 0:
         Path(out_path).write_text(json.dumps(results, indent=2))

@@ -26,7 +26,8 @@ def write(tmp_path, name, text):
 
 def test_parallel_reader_reads_pairs_and_skips_blank_lines(tmp_path):
     path = write(tmp_path, "p.jsonl", '{"ko": "안녕", "en": "hi", "source": "x"}\n\n{"ko": "네", "en": "yes"}\n')
-    assert list(iter_parallel_jsonl(path)) == [{"ko": "안녕", "en": "hi", "source": "x"}, {"ko": "네", "en": "yes", "source": ""}]
+    assert list(iter_parallel_jsonl(path)) == [{"ko": "안녕", "en": "hi", "source": "x"},
+                                               {"ko": "네", "en": "yes", "source": ""}]
 
 
 @pytest.mark.parametrize("bad_line, message", [
@@ -129,7 +130,7 @@ def test_parallel_collator_pads_each_side_dynamically():
 
 def test_bytes_that_are_not_utf8_name_the_line(tmp_path):
     path = tmp_path / "cp949.txt"
-    path.write_bytes("첫 줄\n".encode("utf-8") + "둘째 줄\n".encode("cp949"))
+    path.write_bytes("첫 줄\n".encode() + "둘째 줄\n".encode("cp949"))
     with pytest.raises(DataError, match=r"cp949.txt:2: not UTF-8 text"):
         list(iter_mono_texts(str(path)))
 

@@ -30,7 +30,8 @@ def launch(tmp_path, name, script, args, zero):
            # the DeepSpeed op compiled at first use is cached here, once per checkout
            "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions")}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_deepspeed",
-           "--deepspeed_config_file", str(CONFIGS / f"zero{zero}.json"), "--zero3_init_flag", "true" if zero == 3 else "false",
+           "--deepspeed_config_file", str(CONFIGS / f"zero{zero}.json"),
+           "--zero3_init_flag", "true" if zero == 3 else "false",
            "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no",
            str(ROOT / script), *args, "--output_dir", str(out), "--report_to", "none", "--logging_steps", "1"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -58,7 +59,8 @@ def losses(log, key):
     return {r["step"]: r[key] for r in log if key in r}
 
 
-STAGE1 = ["--max_steps", "4", "--save_steps", "2", "--eval_steps", "2", "--per_device_train_batch_size", "8", "--warmup_ratio", "0.25"]
+STAGE1 = ["--max_steps", "4", "--save_steps", "2", "--eval_steps", "2", "--per_device_train_batch_size", "8",
+          "--warmup_ratio", "0.25"]
 
 
 def assert_same_run(out, log, ref_out, ref_log, key, step):
@@ -94,7 +96,8 @@ def test_stage1_under_zero_matches_one_process(tmp_path, zero, extra, reset_acce
 @pytest.mark.parametrize("zero", [2, 3])
 @pytest.mark.parametrize("script, module", [("train_lm_head.py", train_lm_head), ("train_full.py", train_full)])
 def test_stages_2_and_3_under_zero_match_one_process(tmp_path, script, module, zero, reset_accelerate):
-    args = ["--max_steps", "3", "--save_steps", "3", "--eval_steps", "3", "--per_device_train_batch_size", "2", "--warmup_ratio", "0.34"]
+    args = ["--max_steps", "3", "--save_steps", "3", "--eval_steps", "3", "--per_device_train_batch_size", "2",
+            "--warmup_ratio", "0.34"]
     out, log = launch(tmp_path, "zero", script, args, zero=zero)
     ref_out, ref_log = one_process(tmp_path, "one", module, args, reset_accelerate)
     assert_same_run(out, log, ref_out, ref_log, "loss", 3)
@@ -114,7 +117,8 @@ def test_deepspeed_configs_validate_with_every_auto_filled(name):
     hidden = 2048
     # what accelerate fills from the model and the scripts (configure_deepspeed) at prepare time
     plugin.deepspeed_config_process(must_match=False, **{
-        "train_micro_batch_size_per_gpu": 64, "gradient_accumulation_steps": 1, "train_batch_size": 64,  # DeepSpeedConfig checks it against a world of 1 here
+        # DeepSpeedConfig checks the batch sizes against a world of 1 here
+        "train_micro_batch_size_per_gpu": 64, "gradient_accumulation_steps": 1, "train_batch_size": 64,
         "gradient_clipping": 1.0, "bf16.enabled": True,
         "zero_optimization.reduce_bucket_size": hidden * hidden,
         "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),

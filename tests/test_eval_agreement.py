@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM, Llama
 import eval_agreement as ea
 from common.demo import train_demo_tokenizer
 from common.metrics import alignment_metrics
+from common.pooling import find_decoder_layers, layer_states
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"  # as conftest's shared_data fixture (module-scoped use here)
@@ -75,9 +76,10 @@ def test_predictions_acc_and_acc_norm():
 
 def save_llama(path: Path, tok, hidden=32, layers=2, seed=0) -> Path:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, initializer_range=0.2,
-                         tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=1024, initializer_range=0.2, tie_word_embeddings=False,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -85,9 +87,9 @@ def save_llama(path: Path, tok, hidden=32, layers=2, seed=0) -> Path:
 
 def save_neox(path: Path, tok, hidden=32, layers=2, seed=1) -> Path:
     torch.manual_seed(seed)
-    config = GPTNeoXConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                           num_attention_heads=4, max_position_embeddings=1024, initializer_range=0.2,
-                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = GPTNeoXConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                           num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=1024,
+                           initializer_range=0.2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     GPTNeoXForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -111,8 +113,8 @@ def real_run(tmp_path_factory):
                                 for k, e in zip(ko_lines, en_lines)), encoding="utf-8")
     out = tmp / "out"
     results = ea.main([str(llama), "--baseline", str(neox), "--en_data", str(EN_ARC), "--ko_data", str(KO_ARC),
-                       "--limit", str(LIMIT), "--batch_size", "4", "--parallel_file", str(parallel), "--max_pairs", "30",
-                       "--rep_batch_size", "7", "--output_dir", str(out)])
+                       "--limit", str(LIMIT), "--batch_size", "4", "--parallel_file", str(parallel),
+                       "--max_pairs", "30", "--rep_batch_size", "7", "--output_dir", str(out)])
     return {"results": results, "out": out, "llama": llama, "neox": neox, "tok": tok, "parallel": parallel}
 
 
@@ -172,10 +174,12 @@ def test_end_to_end_real_arc(real_run):
     for label, r in results.items():
         rows = read_jsonl(out / label / f"{PAIR}.items.jsonl")
         assert [row["id"] for row in rows] == first_ids
-        assert set(rows[0]) == {"id", "gold", "pred_en", "pred_ko", "pred_norm_en", "pred_norm_ko", "loglik_en", "loglik_ko"}
+        assert set(rows[0]) == {"id", "gold", "pred_en", "pred_ko", "pred_norm_en", "pred_norm_ko",
+                                "loglik_en", "loglik_ko"}
         s = r[PAIR]
         # the summary is the per-item file counted again, and lm-eval's own accuracies agree
-        recount = ea.agreement_stats([x["gold"] for x in rows], [x["pred_en"] for x in rows], [x["pred_ko"] for x in rows])
+        recount = ea.agreement_stats([x["gold"] for x in rows], [x["pred_en"] for x in rows],
+                                     [x["pred_ko"] for x in rows])
         for key in ("acc_en", "acc_ko", "agreement", "kappa", "table", "agreement_en_right"):
             assert s[key] == recount[key]
         assert s["n_items"] == LIMIT and sum(s["table"].values()) == LIMIT
@@ -206,7 +210,7 @@ def test_end_to_end_ntrex_layers(real_run):
         @torch.no_grad()
         def vecs(text):  # (layers, D): mean over the tokens of one unpadded sentence, BOS left out
             enc = tok(text, truncation=True, max_length=128, return_tensors="pt")
-            states = ea.all_layer_states(model, enc["input_ids"], enc["attention_mask"])
+            states = layer_states(model, enc["input_ids"], enc["attention_mask"])
             keep = enc["input_ids"][0] != tok.bos_token_id
             return torch.stack([h[0][keep].mean(0) for h in states])
 
@@ -225,22 +229,24 @@ def demo_tok():
 
 
 def test_layer_states_llama_and_neox(demo_tok, tmp_path):
-    """Layer 0 = embeddings, L < N = Hugging Face's hidden_states[L], N = last decoder layer before the final
-    norm; for Llama the training forward (decoder_hidden_states) and the generic hook path agree."""
-    enc = demo_tok(["sentence number 3 about", "문장 번호 7 과학 and more words here"], padding=True, return_tensors="pt")
+    """common.pooling.layer_states, as eval_agreement uses it: layer 0 = embeddings, L < N = Hugging Face's
+    hidden_states[L], N = last decoder layer before the final norm; for Llama the training forward
+    (decoder_hidden_states) and the generic hook path agree."""
+    texts = ["sentence number 3 about", "문장 번호 7 과학 and more words here"]
+    enc = demo_tok(texts, padding=True, return_tensors="pt")
     for model in (LlamaForCausalLM.from_pretrained(save_llama(tmp_path / "l", demo_tok, layers=3)),
                   GPTNeoXForCausalLM.from_pretrained(save_neox(tmp_path / "n", demo_tok, layers=3))):
         model.eval()
         per_layer = []
         hooks = [layer.register_forward_hook(lambda m, i, o: per_layer.append(o[0] if isinstance(o, tuple) else o))
-                 for layer in ea.find_decoder_layers(model)]
+                 for layer in find_decoder_layers(model)]
         with torch.no_grad():
             hf = model(**enc, output_hidden_states=True).hidden_states
         for h in hooks:
             h.remove()
         with torch.no_grad():
-            ours = ea.all_layer_states(model, enc["input_ids"], enc["attention_mask"])
-            generic = ea.all_layer_states(model, enc["input_ids"], enc["attention_mask"], generic=True)
+            ours = layer_states(model, enc["input_ids"], enc["attention_mask"])
+            generic = layer_states(model, enc["input_ids"], enc["attention_mask"], generic=True)
         assert len(ours) == len(generic) == 4
         torch.testing.assert_close(ours[0], hf[0])
         for layer in (1, 2, 3):
@@ -267,7 +273,8 @@ def write_items(path: Path, items: list[dict]):
 
 def mc_items(lang: str) -> list[dict]:
     word = {"en": "color", "ko": "색"}[lang]
-    return [{"uid": f"q{i}", "q": f"{word} {i}?", "options": [f"{word} {j}" for j in range(3 + i % 3)], "answer": i % 3} for i in range(5)]
+    return [{"uid": f"q{i}", "q": f"{word} {i}?", "options": [f"{word} {j}" for j in range(3 + i % 3)], "answer": i % 3}
+            for i in range(5)]
 
 
 def test_pair_by_configuration_joins_by_id(demo_tok, tmp_path):
@@ -333,16 +340,26 @@ def test_missing_checkpoint_and_bad_inputs(tmp_path):
     (tmp_path / "ok").mkdir()
     (tmp_path / "ok" / "config.json").write_text("{}")
     with pytest.raises(ea.EvalError, match=r"bad.jsonl:2: missing field 'en'"):
-        ea.main([str(tmp_path / "ok"), "--skip_tasks", "--parallel_file", str(bad), "--output_dir", str(tmp_path / "out")])
+        ea.main([str(tmp_path / "ok"), "--skip_tasks", "--parallel_file", str(bad),
+                 "--output_dir", str(tmp_path / "out")])
     with pytest.raises(ea.EvalError, match="give both --en_data and --ko_data"):
         ea.main([str(tmp_path / "ok"), "--en_data", str(bad), "--output_dir", str(tmp_path / "out")])
     with pytest.raises(ea.EvalError, match="unknown task 'nope'"):
         ea.main([str(tmp_path / "ok"), "--pair", "nope:ko_arc_challenge", "--output_dir", str(tmp_path / "out")])
 
 
+def test_model_whose_layers_cannot_be_found_is_an_eval_error(demo_tok, tmp_path):
+    """common.pooling's TypeError reaches the user as an EvalError that names the model."""
+    model = GPTNeoXForCausalLM.from_pretrained(save_neox(tmp_path / "n", demo_tok)).eval()
+    model.config.num_hidden_layers = 5  # no ModuleList of 5 layers: the decoder layers cannot be found
+    args = ea.Arguments(models=["x"], rep_batch_size=2)
+    with pytest.raises(ea.EvalError, match=r"^baselines/neox: no representation metrics .*cannot find its 5 decoder"):
+        ea.layer_metrics(model, demo_tok, ["a b", "c d"], ["e f", "g h"], args, torch.device("cpu"), "baselines/neox")
+
+
 def test_command_line_error_is_one_line_not_a_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "eval_agreement.py"), str(tmp_path / "nope"), "--output_dir", str(tmp_path)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    command = [sys.executable, str(ROOT / "eval_agreement.py"), str(tmp_path / "nope"), "--output_dir", str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert "eval_agreement.py: error: 1 of 1 models cannot be used" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -363,3 +380,33 @@ def test_arguments_positional_and_labels(tmp_path):
     assert labels == ["run1/checkpoint-100", "run2/checkpoint-100", "checkpoint-200", "base"]
     with pytest.raises(ea.EvalError, match="given twice"):
         ea.resolve_models(ea.parse_args([str(tmp_path / "run1" / "checkpoint-100")] * 2))
+
+
+def test_config_file_with_command_line_overrides(tmp_path):
+    """``eval_agreement.py eval.yaml --limit 5``: the file gives the settings, the flags after it win;
+    relative input paths that exist beside the file are read from there, output_dir stays as written."""
+    folder = tmp_path / "conf"
+    (folder / "ckpt").mkdir(parents=True)
+    (folder / "pairs.jsonl").write_text('{"ko": "안녕", "en": "hi"}\n', encoding="utf-8")
+    config = folder / "eval.yaml"
+    config.write_text("models: [ckpt]\noutput_dir: runs/from_config\nskip_tasks: true\nparallel_file: pairs.jsonl\n"
+                      "limit: 3\nmax_pairs: '50'\npooling: last\nplots: false\n", encoding="utf-8")
+    args = ea.parse_args([str(config), "--limit", "5", "--pooling", "mean"])
+    assert isinstance(args, ea.Arguments)
+    assert args.limit == 5 and args.pooling == "mean"  # the command line wins
+    assert args.skip_tasks is True and args.plots is False and args.max_pairs == 50  # the rest from the file
+    assert args.output_dir == "runs/from_config"
+    here = folder.resolve()
+    assert args.models == [str(here / "ckpt")] and args.parallel_file == str(here / "pairs.jsonl")
+    assert args.pair == [ea.DEFAULT_PAIR] and args.batch_size == 32  # not in the file: the defaults
+    ea.check_args(args)
+    assert ea.parse_args([str(config), "--skip_tasks", "false", "--plots", "true"]).skip_tasks is False
+
+    json_config = folder / "eval.json"
+    json_config.write_text(json.dumps({"models": ["ckpt"], "skip_tasks": True, "parallel_file": "pairs.jsonl"}))
+    assert ea.parse_args([str(json_config), "--output_dir", "o"]).output_dir == "o"
+    config.write_text("models: [ckpt]\nlimt: 3\n", encoding="utf-8")
+    with pytest.raises(ea.EvalError, match=r"unknown setting\(s\) \['limt'\]"):
+        ea.parse_args([str(config)])
+    with pytest.raises(ea.EvalError, match="no such file"):
+        ea.parse_args([str(folder / "missing.yaml"), "--limit", "5"])

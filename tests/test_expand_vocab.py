@@ -6,6 +6,7 @@ import sentencepiece as spm
 import torch
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from common.data import DataError
 from common.demo import tiny_llama
 from data_prep import expand_vocab
 from data_prep.sources import has_hangul
@@ -34,7 +35,8 @@ def expanded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("expand")
     (tmp / "ko").mkdir()
     (tmp / "ko" / "wiki_00").write_text(docs_prefix(SHARED_DATA / "mono_ko/kowiki/wiki_00", 400_000), encoding="utf-8")
-    (tmp / "en.txt").write_text("\n".join(lines_of(SHARED_DATA / "mono_en/enwiki/wiki_00", 200_000, 400)), encoding="utf-8")
+    en_lines = lines_of(SHARED_DATA / "mono_en/enwiki/wiki_00", 200_000, 400)
+    (tmp / "en.txt").write_text("\n".join(en_lines), encoding="utf-8")
     model = tiny_llama(32000, hidden_size=32, num_layers=2)
     model.save_pretrained(tmp / "model")
     report = expand_vocab.main([
@@ -42,8 +44,9 @@ def expanded(tmp_path_factory):
         "--ko_vocab_size", "3000", "--en_corpus", str(tmp / "en.txt"), "--model_name_or_path", str(tmp / "model"),
         "--max_check_lines", "300", "--output_dir", str(tmp / "out"),
     ])
-    return {"tmp": tmp, "report": report, "out": tmp / "out", "base": SHARED_DATA / "llama2_tokenizer" / "tokenizer.model",
-            "original": model, "kowiki": SHARED_DATA / "mono_ko/kowiki", "enwiki": SHARED_DATA / "mono_en/enwiki"}
+    return {"tmp": tmp, "report": report, "out": tmp / "out",
+            "base": SHARED_DATA / "llama2_tokenizer" / "tokenizer.model", "original": model,
+            "kowiki": SHARED_DATA / "mono_ko/kowiki", "enwiki": SHARED_DATA / "mono_en/enwiki"}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +56,8 @@ def tokenizers(expanded):
     base_dir = expanded["tmp"] / "base"
     base_dir.mkdir(exist_ok=True)
     (base_dir / "tokenizer.model").write_bytes(expanded["base"].read_bytes())
-    return LlamaTokenizer.from_pretrained(str(base_dir), add_bos_token=True), AutoTokenizer.from_pretrained(str(expanded["out"]))
+    return (LlamaTokenizer.from_pretrained(str(base_dir), add_bos_token=True),
+            AutoTokenizer.from_pretrained(str(expanded["out"])))
 
 
 def load_proto(path):
@@ -88,8 +92,9 @@ def test_english_ids_unchanged_korean_roundtrips_and_needs_fewer_tokens(expanded
         before += len(base_tok(line)["input_ids"])
         after += len(ids)
     checks = expanded["report"]["checks"]
-    print(f"\ntokens per Korean line (kowiki wiki_01, {len(ko)} lines): {before / len(ko):.1f} -> {after / len(ko):.1f}; "
-          f"script's held-out figure {checks['ko_tokens_per_line_before']:.1f} -> {checks['ko_tokens_per_line_after']:.1f}")
+    print(f"\ntokens per Korean line (kowiki wiki_01, {len(ko)} lines): {before / len(ko):.1f} -> "
+          f"{after / len(ko):.1f}; script's held-out figure {checks['ko_tokens_per_line_before']:.1f} -> "
+          f"{checks['ko_tokens_per_line_after']:.1f}")
     assert after < before / 1.5
     assert checks["english_ids_changed"] == checks["roundtrip_failed"] == checks["hf_vs_sentencepiece"] == 0
     assert checks["ko_token_reduction"] > 1.5 and checks["ko_lines"] > 10
@@ -111,7 +116,8 @@ def test_model_resized_and_new_rows_are_the_mean_of_their_base_pieces(expanded, 
     model = AutoModelForCausalLM.from_pretrained(str(expanded["out"]))
     vocab = expanded["report"]["vocab_size"]
     emb, head = model.get_input_embeddings().weight.detach(), model.get_output_embeddings().weight.detach()
-    old_emb, old_head = original.get_input_embeddings().weight.detach(), original.get_output_embeddings().weight.detach()
+    old_emb = original.get_input_embeddings().weight.detach()
+    old_head = original.get_output_embeddings().weight.detach()
     assert emb.shape == (vocab, 32) and head.shape == (vocab, 32) and model.config.vocab_size == vocab
     assert torch.equal(emb[:32000], old_emb) and torch.equal(head[:32000], old_head)
 
@@ -141,7 +147,7 @@ def test_refuses_to_overwrite_and_rejects_a_non_sentencepiece_base(tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
         expand_vocab.main(["--base_tokenizer", "x", "--ko_corpus", "y", "--output_dir", str(tmp_path / "out")])
     (tmp_path / "bad.model").write_bytes(b"not a model")
-    with pytest.raises(expand_vocab.DataError, match="bad.model: not a SentencePiece model"):
+    with pytest.raises(DataError, match="bad.model: not a SentencePiece model"):
         expand_vocab.load_proto(str(tmp_path / "bad.model"))
 
 
@@ -149,11 +155,13 @@ def test_merge_keeps_korean_order_below_or_above_the_base():
     base, ko = sp_pb2.ModelProto(), sp_pb2.ModelProto()
     normal = sp_pb2.ModelProto.SentencePiece.NORMAL
     for piece, score in [("<unk>", 0), ("▁a", -1), ("가", -2)]:
-        base.pieces.add(piece=piece, score=score, type=normal if piece != "<unk>" else sp_pb2.ModelProto.SentencePiece.UNKNOWN)
+        kind = normal if piece != "<unk>" else sp_pb2.ModelProto.SentencePiece.UNKNOWN
+        base.pieces.add(piece=piece, score=score, type=kind)
     for piece, score in [("가", 0), ("▁가나", -1), ("▁the", -2), ("나다", -3)]:
         ko.pieces.add(piece=piece, score=score, type=normal)
     below, new = expand_vocab.merge(base, ko, "below")
-    assert new == ["▁가나", "나다"] and [p.piece for p in below.pieces] == ["<unk>", "▁a", "가", "▁가나", "나다"]
+    assert new == ["▁가나", "나다"]
+    assert [p.piece for p in below.pieces] == ["<unk>", "▁a", "가", "▁가나", "나다"]
     assert [p.score for p in below.pieces[3:]] == [-3, -4]
     above, _ = expand_vocab.merge(base, ko, "above")
     assert above.pieces[3].score > above.pieces[4].score > 0

@@ -41,7 +41,8 @@ def test_retrieval_on_held_out_ntrex_rises_well_above_chance(shared_data, tmp_pa
     shutil.copy(shared_data / "llama2_tokenizer" / "tokenizer.model", model_dir)
     tokenizer = LlamaTokenizer.from_pretrained(str(model_dir), add_bos_token=True)  # as in Llama checkpoints
     model = tiny_llama(len(tokenizer), hidden_size=128, num_layers=4, seed=0)
-    model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id, None
+    model.config.bos_token_id, model.config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+    model.config.pad_token_id = None
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
 
@@ -49,7 +50,8 @@ def test_retrieval_on_held_out_ntrex_rises_well_above_chance(shared_data, tmp_pa
              "--validation_file", str(tmp_path / "val.jsonl"), "--output_dir", str(tmp_path / "run"),
              "--pool_layer", "2", "--per_device_train_batch_size", "64", "--learning_rate", "1e-3",
              "--max_steps", "200", "--eval_steps", "200", "--save_steps", "200", "--report_to", "none"])
-    evals = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if "eval/gap" in line]
+    log = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    evals = [json.loads(line) for line in log if "eval/gap" in line]
     before, after = evals[0], evals[-1]
     print("before:", before, "\nafter:", after)
     chance = 1 / NUM_VAL

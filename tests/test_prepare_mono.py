@@ -1,4 +1,7 @@
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,8 +37,9 @@ def run(tmp_path, *argv, out="out"):
 def test_wiki_extractor_documents_and_language_filter(tmp_path):
     (tmp_path / "wiki_00").write_text(WIKI + WIKI.split("</doc>")[0] + "</doc>\n", encoding="utf-8")  # + a duplicate
     report, docs = run(tmp_path, "--inputs", str(tmp_path / "wiki_00"), "--lang", "ko")
-    assert docs == [{"text": "지미 카터\n제임스 얼 카터 주니어는 민주당 출신 미국 39대 대통령이다.", "lang": "ko"},
-                    {"text": "수학\n수학은 수, 양, 구조, 공간, 변화 등의 개념을 다루는 학문이다.", "lang": "ko"}]
+    carter = "지미 카터\n제임스 얼 카터 주니어는 민주당 출신 미국 39대 대통령이다."
+    math_doc = "수학\n수학은 수, 양, 구조, 공간, 변화 등의 개념을 다루는 학문이다."
+    assert docs == [{"text": carter, "lang": "ko"}, {"text": math_doc, "lang": "ko"}]
     st = report["inputs"][str(tmp_path / "wiki_00")]
     assert st["documents_read"] == 4 and st["removed"] == {"lang_mismatch": 1, "duplicate": 1}
     _, docs = run(tmp_path, "--inputs", str(tmp_path / "wiki_00"), "--lang", "auto", out="auto")
@@ -56,10 +60,12 @@ def test_plain_text_units_and_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("name, content, message", [
-    ("wiki_01", '<doc id="1" url="u" title="t">\n본문\n<doc id="2" url="u" title="t2">\n', r"wiki_01:3: <doc> inside the document opened at line 1"),
+    ("wiki_01", '<doc id="1" url="u" title="t">\n본문\n<doc id="2" url="u" title="t2">\n',
+     r"wiki_01:3: <doc> inside the document opened at line 1"),
     ("wiki_02", '<doc id="1" url="u" title="t">\n본문\n', r"wiki_02:1: <doc> is never closed"),
     ("t.txt", "좋은 줄\n".encode().decode() + "\n", None),
-    ("m.jsonl", '{"text": "가"}\n{"txt": "나"}\n', r"m.jsonl:2: expected a JSON object with a string 'text' field \(found: \['txt'\]\)"),
+    ("m.jsonl", '{"text": "가"}\n{"txt": "나"}\n',
+     r"m.jsonl:2: expected a JSON object with a string 'text' field \(found: \['txt'\]\)"),
 ])
 def test_bad_input_names_file_and_line(tmp_path, name, content, message):
     path = tmp_path / name
@@ -90,7 +96,8 @@ def test_packed_blocks_equal_what_the_trainer_packs(tmp_path):
     reference = load_text_blocks(str(tmp_path / "out" / "train.jsonl"), tok, 64)
     assert blocks["input_ids"] == reference["input_ids"]
     assert load_text_blocks(str(tmp_path / "out" / "train_blocks"), tok, 64)["input_ids"] == blocks["input_ids"]
-    docs = [json.loads(line)["text"] for line in (tmp_path / "out" / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    lines = (tmp_path / "out" / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    docs = [json.loads(line)["text"] for line in lines]
     stream = [t for d in docs for t in (*tok(d)["input_ids"], tok.eos_token_id)]
     assert sum(blocks["input_ids"], []) == stream[: len(stream) // 64 * 64]  # nothing lost but the final tail
     assert (tmp_path / "out" / "validation_blocks").is_dir() and report["documents"]["validation"] > 0
@@ -107,3 +114,12 @@ def test_real_mono_text(shared_data, tmp_path):
     assert not any("PROVENANCE" in d["text"] for d in docs[:5])
     assert st["documents_read"] == sum(st["kept"].values()) + sum(st["removed"].values())
     print("\nmono_en:", st["documents_read"], "read, removed", st["removed"])
+
+
+def test_help_runs_as_a_module_from_the_repository_root():
+    """``python -m data_prep.prepare_mono --help`` from the repository root: no path set up beforehand."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "data_prep.prepare_mono", "--help"], cwd=root,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "--plain_text_unit" in result.stdout and "runs/data/mono" in result.stdout

@@ -38,16 +38,19 @@ def write_xlsx(path, header, rows):
 
 
 def test_xlsx_korean_english_corpus(tmp_path):
-    """한국어-영어 번역(병렬) 말뭉치: 원문 Korean, 번역문 English, other columns differ per workbook."""
+    """한국어-영어 번역(병렬) 말뭉치: 원문 Korean, 번역문 English, other columns differ per
+    workbook."""
     d = tmp_path / "한국어-영어"
     d.mkdir()
     write_xlsx(d / "1_구어체(1)_200226.xlsx", ["SID", "원문", "번역문"],
-               [[1, "나는 학교에 간다.", "I go to school."], [2, "밥 먹었어?", "Did you eat?"], [None, None, None]])
+               [[1, "나는 학교에 간다.", "I go to school."], [2, "밥 먹었어?", "Did you eat?"],
+                [None, None, None]])
     write_xlsx(d / "3_문어체_뉴스(1)_200226.xlsx", ["ID", "날짜", "자동분류1", "원문", "번역문", "URL"],
                [[1, "2019-01-01", "경제", "주가가 올랐다.", "Stock prices rose.", "http://x"]])
     report, pairs = run(tmp_path, "--inputs", f"aihub={d}", "--validation_ratio", "0")
     got = {(p["ko"], p["en"], p["source"]) for p in pairs["train"]}
-    assert got == {("나는 학교에 간다.", "I go to school.", "aihub"), ("밥 먹었어?", "Did you eat?", "aihub"),
+    assert got == {("나는 학교에 간다.", "I go to school.", "aihub"),
+                   ("밥 먹었어?", "Did you eat?", "aihub"),
                    ("주가가 올랐다.", "Stock prices rose.", "aihub")}
     st = report["sources"]["aihub"]
     assert st["rows_read"] == 3 and st["blank_rows"] == 1 and st["layouts"] == {"xlsx 원문/번역문": 2}
@@ -64,18 +67,22 @@ def test_tech_social_science_csv_and_json_ignore_machine_draft(tmp_path):
         w.writerow(["sn", "file_name", "ko", "mt", "en", "domain"])
         for sn, ko, mt, en in rows:
             w.writerow([sn, "a.txt", ko, mt, en, "기술"])
-    data = {"info": {"name": "tech"}, "data": [{"sn": "9", "ko": "저항이 크다.", "mt": "MT DRAFT THREE", "en": "The resistance is high.", "tags": ["a"]}]}
+    data = {"info": {"name": "tech"},
+            "data": [{"sn": "9", "ko": "저항이 크다.", "mt": "MT DRAFT THREE", "en": "The resistance is high.",
+                      "tags": ["a"]}]}
     (d / "1113_tech_valid_set_149403.json").write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
     report, pairs = run(tmp_path, "--inputs", str(d))
     assert {(p["ko"], p["en"]) for p in pairs["train"]} == {(r[1], r[3]) for r in rows}
-    assert [(p["ko"], p["en"]) for p in pairs["validation"]] == [("저항이 크다.", "The resistance is high.")]  # the file's own split
+    # the file's own split
+    assert [(p["ko"], p["en"]) for p in pairs["validation"]] == [("저항이 크다.", "The resistance is high.")]
     assert "MT DRAFT" not in json.dumps(pairs)
     assert report["sources"]["기술과학"]["layouts"] == {"csv ko/en": 1, "json ko/en": 1}
 
 
 def test_byte_identical_label_and_source_copies_are_read_once(tmp_path):
     """The newer 기술과학 set: label and source folders hold byte-identical JSON copies."""
-    data = {"data": [{"sn": str(i), "ko": f"문장 {i}번입니다.", "en": f"This is sentence {i}.", "ko_original": "x"} for i in range(20)]}
+    data = {"data": [{"sn": str(i), "ko": f"문장 {i}번입니다.", "en": f"This is sentence {i}.",
+                      "ko_original": "x"} for i in range(20)]}
     for folder in ("라벨링데이터", "원천데이터"):
         (tmp_path / "new" / folder).mkdir(parents=True)
         (tmp_path / "new" / folder / "tech.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
@@ -107,15 +114,20 @@ def test_broadcast_zip_with_cp949_names_koen_and_enko(tmp_path):
     path = tmp_path / "VL_방송콘텐츠.zip"
     with zipfile.ZipFile(path, "w") as zf:
         for name, rec in [
-            ("한영/드라마/대사_0001.json", {"ID": "1", "대분류": "드라마", "원문": "어디 가세요?", "최종번역문": "Where are you going?"}),
-            ("영한/예능/대사_0002.json", {"ID": "2", "대분류": "예능", "원문": "That was fun.", "최종번역문": "재미있었어요."}),
+            ("한영/드라마/대사_0001.json",
+             {"ID": "1", "대분류": "드라마", "원문": "어디 가세요?",
+              "최종번역문": "Where are you going?"}),
+            ("영한/예능/대사_0002.json",
+             {"ID": "2", "대분류": "예능", "원문": "That was fun.",
+              "최종번역문": "재미있었어요."}),
         ]:
             zf.writestr(Cp949Info(name), json.dumps(rec, ensure_ascii=False).encode("utf-8"))
     with zipfile.ZipFile(path) as zf:  # what Python sees without the fix
         assert all(not (i.flag_bits & 0x800) for i in zf.infolist()) and "영한" not in zf.namelist()[1]
     report, pairs = run(tmp_path, "--inputs", str(path))
     assert pairs["train"] == []  # VL_ = validation
-    assert {(p["ko"], p["en"]) for p in pairs["validation"]} == {("어디 가세요?", "Where are you going?"), ("재미있었어요.", "That was fun.")}
+    assert {(p["ko"], p["en"]) for p in pairs["validation"]} == {("어디 가세요?", "Where are you going?"),
+                                                                  ("재미있었어요.", "That was fun.")}
     assert report["sources"]["VL_방송콘텐츠"]["layouts"] == {"json 원문/최종번역문": 2}
 
 
@@ -128,13 +140,34 @@ def test_cp949_member_names_are_decoded():
 def test_nested_zip_and_generic_jsonl_with_field_override(tmp_path):
     inner = io.BytesIO()
     with zipfile.ZipFile(inner, "w") as zf:
-        zf.writestr("pairs.jsonl", '{"kr_sent": "고양이가 잔다.", "en_sent": "The cat sleeps."}\n\n{"kr_sent": "개가 짖는다.", "en_sent": "The dog barks."}\n')
+        zf.writestr("pairs.jsonl", '{"kr_sent": "고양이가 잔다.", "en_sent": "The cat sleeps."}\n\n'
+                                   '{"kr_sent": "개가 짖는다.", "en_sent": "The dog barks."}\n')
     with zipfile.ZipFile(tmp_path / "outer.zip", "w") as zf:
         zf.writestr("Training/inner.zip", inner.getvalue())
-    with pytest.raises(DataError, match=r"inner.zip/pairs.jsonl:1: cannot tell the Korean and English fields among \['kr_sent', 'en_sent'\]"):
+    message = r"inner.zip/pairs.jsonl:1: cannot tell the Korean and English fields among \['kr_sent', 'en_sent'\]"
+    with pytest.raises(DataError, match=message):
         run(tmp_path, "--inputs", str(tmp_path / "outer.zip"))
     _, pairs = run(tmp_path, "--inputs", str(tmp_path / "outer.zip"), "--ko_field", "kr_sent", "--en_field", "en_sent")
     assert [p["en"] for p in pairs["train"]] == ["The cat sleeps.", "The dog barks."]
+
+
+def test_config_file_with_command_line_override(tmp_path):
+    """``prepare_parallel.py CONFIG.yaml --flag value``: the file's settings (a relative input beside the
+    file), then the flags after it win."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "pairs.tsv").write_text(
+        "ko\ten\n좋은 문장입니다.\tThis is a good sentence.\n짧다\tThis English side is far, far longer.\n",
+        encoding="utf-8")
+    config = tmp_path / "conf" / "parallel.yaml"
+    config.write_text(f"inputs: [pairs.tsv]\nvalidation_ratio: 0.0\nmax_length_ratio: 3.0\n"
+                      f"output_dir: {tmp_path / 'from_config'}\n", encoding="utf-8")
+    report = prepare_parallel.main([str(config), "--output_dir", str(tmp_path / "out")])
+    assert report["totals"]["removed"] == {"length_ratio": 1}
+    assert report["arguments"]["inputs"] == [str(tmp_path / "conf" / "pairs.tsv")]
+    assert (tmp_path / "out" / "train.jsonl").is_file() and not (tmp_path / "from_config").exists()
+    report, pairs = run(tmp_path, str(config), "--max_length_ratio", "0", out="override")
+    assert report["arguments"]["max_length_ratio"] == 0 and report["arguments"]["validation_ratio"] == 0
+    assert [p["ko"] for p in pairs["train"]] == ["좋은 문장입니다.", "짧다"] and pairs["validation"] == []
 
 
 # ---------------------------------------------------------------------------------- processing
@@ -156,8 +189,10 @@ def test_each_filter_counts_its_pairs(tmp_path):
     path.write_text("ko\ten\n" + "".join(f"{k}\t{e}\n" for k, e in rows) + "only one column\n", encoding="utf-8")
     report, pairs = run(tmp_path, "--inputs", str(path), "--validation_ratio", "0", "--max_chars", "40")
     assert report["totals"]["removed"] == {"malformed_row": 1, "empty_side": 1, "too_long": 1, "identical_sides": 1,
-                                           "ko_without_hangul": 1, "en_mostly_hangul": 1, "length_ratio": 1, "duplicate": 1}
-    assert [(p["ko"], p["en"]) for p in pairs["train"]] == [("좋은 문장입니다.", "This is a good sentence."), ("각 문장 입니다", "NFC and spaces")]
+                                           "ko_without_hangul": 1, "en_mostly_hangul": 1, "length_ratio": 1,
+                                           "duplicate": 1}
+    assert [(p["ko"], p["en"]) for p in pairs["train"]] == [("좋은 문장입니다.", "This is a good sentence."),
+                                                            ("각 문장 입니다", "NFC and spaces")]
     assert report["sources"]["pairs"]["examples"]["malformed_row"] == [f"{path}:11"]
 
 
@@ -169,17 +204,20 @@ def test_clean_text():
 
 def make_pairs(n, seed):
     rng = random.Random(seed)
-    return [{"ko": f"문장 번호 {i} 입니다 {rng.random():.6f}", "en": f"Sentence number {i} here {rng.random():.6f}"} for i in range(n)]
+    return [{"ko": f"문장 번호 {i} 입니다 {rng.random():.6f}",
+             "en": f"Sentence number {i} here {rng.random():.6f}"} for i in range(n)]
 
 
 def test_split_is_stable_when_order_changes_or_data_is_added(tmp_path):
     a, b = make_pairs(1500, 0), make_pairs(700, 1)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    (tmp_path / "a" / "x.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in a), encoding="utf-8")
+    (tmp_path / "a" / "x.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in a),
+                                            encoding="utf-8")
     shuffled = a[:]
     random.Random(5).shuffle(shuffled)
-    (tmp_path / "b" / "x.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in b + shuffled), encoding="utf-8")
+    (tmp_path / "b" / "x.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in b + shuffled),
+                                            encoding="utf-8")
     _, first = run(tmp_path, "--inputs", str(tmp_path / "a"), "--validation_ratio", "0.2", out="o1")
     _, second = run(tmp_path, "--inputs", str(tmp_path / "b"), "--validation_ratio", "0.2", out="o2")
     side1 = {(p["ko"], p["en"]): s for s in first for p in first[s]}
@@ -190,10 +228,12 @@ def test_split_is_stable_when_order_changes_or_data_is_added(tmp_path):
 
 
 def test_validation_pairs_are_removed_from_training(tmp_path):
-    (tmp_path / "train.jsonl").write_text('{"ko": "같은 문장", "en": "same sentence"}\n{"ko": "다른 문장", "en": "other sentence"}\n', encoding="utf-8")
+    (tmp_path / "train.jsonl").write_text('{"ko": "같은 문장", "en": "same sentence"}\n'
+                                          '{"ko": "다른 문장", "en": "other sentence"}\n', encoding="utf-8")
     (tmp_path / "dev.jsonl").write_text('{"ko": "같은 문장", "en": "same sentence"}\n', encoding="utf-8")
     report, pairs = run(tmp_path, "--inputs", str(tmp_path / "train.jsonl"), str(tmp_path / "dev.jsonl"))
-    assert [p["ko"] for p in pairs["train"]] == ["다른 문장"] and [p["ko"] for p in pairs["validation"]] == ["같은 문장"]
+    assert [p["ko"] for p in pairs["train"]] == ["다른 문장"]
+    assert [p["ko"] for p in pairs["validation"]] == ["같은 문장"]
     assert report["sources"]["train"]["removed"] == {"in_validation": 1}
 
 
@@ -212,10 +252,13 @@ def test_line_aligned_files_of_different_length(tmp_path):
 
 @pytest.mark.parametrize("name, content, message", [
     ("broken.xlsx", b"PK\x03\x04 not really a workbook", r"broken.xlsx: cannot read as an xlsx workbook"),
-    ("bad.json", b'{"data": [\n {"ko": "\xea\xb0\x80", "en": "a"},\n {"ko": "b" "en": "c"}\n]}', r"bad.json:3: not valid JSON"),
+    ("bad.json", b'{"data": [\n {"ko": "\xea\xb0\x80", "en": "a"},\n {"ko": "b" "en": "c"}\n]}',
+     r"bad.json:3: not valid JSON"),
     ("bad.jsonl", b'{"ko": "\xea\xb0\x80", "en": "a"}\n{"ko": \n', r"bad.jsonl:2: not valid JSON"),
-    ("cp.tsv", "ko\ten\n가\ta\n".encode("utf-8") + "나다\tb\n".encode("cp949"), r"cp.tsv:3: not utf-8 text .*pass --encoding cp949"),
-    ("fields.csv", "korean_text,english_text\n가,a\n".encode(), r"fields.csv:1: cannot tell the Korean and English fields among \['korean_text', 'english_text'\]"),
+    ("cp.tsv", "ko\ten\n가\ta\n".encode() + "나다\tb\n".encode("cp949"),
+     r"cp.tsv:3: not utf-8 text .*pass --encoding cp949"),
+    ("fields.csv", "korean_text,english_text\n가,a\n".encode(),
+     r"fields.csv:1: cannot tell the Korean and English fields among \['korean_text', 'english_text'\]"),
 ])
 def test_bad_input_names_file_and_line(tmp_path, name, content, message):
     path = tmp_path / name
@@ -235,7 +278,8 @@ def test_cp949_csv_with_encoding_flag(tmp_path):
 def test_streaming_json_matches_json_load(monkeypatch, pretty):
     """Chunks of 7 bytes: every value, key, number and multi-byte character is cut somewhere."""
     monkeypatch.setattr(sources._JsonStream, "CHUNK", 7)
-    records = [{"ko": "한국어 ü 😀", "en": f"text {i}", "n": 12345.678 * i, "ok": i % 2 == 0, "x": None} for i in range(30)]
+    records = [{"ko": "한국어 ü 😀", "en": f"text {i}", "n": 12345.678 * i, "ok": i % 2 == 0, "x": None}
+               for i in range(30)]
     shapes = [records, {"meta": {"v": [1, 2]}, "names": ["a", "b"], "data": records, "count": 30}, records[0]]
     for shape in shapes:
         text = json.dumps(shape, ensure_ascii=False, indent=2 if pretty else None)
@@ -273,13 +317,15 @@ def test_real_parallel_sets(shared_data, tmp_path):
     print("\nper-filter removals:", json.dumps({n: s["removed"] for n, s in src.items()}))
 
     ntrex = {}
-    for ko, en in zip(read_lines(d / "ntrex128_en_ko/newstest2019-ref.kor.txt"), read_lines(d / "ntrex128_en_ko/newstest2019-src.eng.txt")):
+    for ko, en in zip(read_lines(d / "ntrex128_en_ko/newstest2019-ref.kor.txt"),
+                      read_lines(d / "ntrex128_en_ko/newstest2019-src.eng.txt")):
         ntrex.setdefault(clean_text(ko), set()).add(clean_text(en))
     tatoeba = {}
     for line in read_lines(d / "tatoeba_kor_eng/kor.txt"):
         en, ko, _ = line.split("\t")
         tatoeba.setdefault(clean_text(ko), set()).add(clean_text(en))
-    for ko, en in zip(read_lines(d / "tatoeba_kor_eng/tatoeba-test-v2021-08-07.kor"), read_lines(d / "tatoeba_kor_eng/tatoeba-test-v2021-08-07.eng")):
+    for ko, en in zip(read_lines(d / "tatoeba_kor_eng/tatoeba-test-v2021-08-07.kor"),
+                      read_lines(d / "tatoeba_kor_eng/tatoeba-test-v2021-08-07.eng")):
         tatoeba.setdefault(clean_text(ko), set()).add(clean_text(en))
     sts = {}
     for split in ("train", "dev", "test"):

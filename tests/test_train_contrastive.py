@@ -80,7 +80,8 @@ def test_smoke_variants_train_and_export_loadable_checkpoints(tiny_model, tmp_pa
 def test_lm_loss_on_real_korean_text(tiny_model, tmp_path, shared_data):
     mono = tmp_path / "ko.txt"
     wiki = sorted((shared_data / "mono_ko" / "kowiki").iterdir())[0]
-    mono.write_text("\n".join(line for line in wiki.read_text(encoding="utf-8").splitlines()[:400] if line and not line.startswith("<")), encoding="utf-8")
+    lines = wiki.read_text(encoding="utf-8").splitlines()[:400]
+    mono.write_text("\n".join(line for line in lines if line and not line.startswith("<")), encoding="utf-8")
     run(tiny_model, tmp_path / "out", "--max_steps", "3", "--save_steps", "3", "--eval_steps", "3",
         "--lm_weight", "0.5", "--lm_train_file", str(mono), "--block_size", "64", "--per_device_lm_batch_size", "2")
     log = [r for r in read_log(tmp_path / "out") if "lm_loss" in r]
@@ -88,7 +89,8 @@ def test_lm_loss_on_real_korean_text(tiny_model, tmp_path, shared_data):
 
 
 def test_embeddings_only_leaves_everything_else_bitwise_unchanged(tiny_model, tmp_path):
-    run(tiny_model, tmp_path, "--max_steps", "5", "--save_steps", "5", "--trainable", "embeddings", "--weight_decay", "0.1")
+    run(tiny_model, tmp_path, "--max_steps", "5", "--save_steps", "5", "--trainable", "embeddings",
+        "--weight_decay", "0.1")
     before, after = weights(tiny_model), weights(tmp_path / "checkpoint-5")
     emb = "model.embed_tokens.weight"
     for name in before:
@@ -114,7 +116,8 @@ def test_frozen_english_copy_stays_unchanged(tiny_model, tmp_path):
     assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
     for name, tensor in start.items():
         assert torch.equal(frozen_state[name], tensor), name
-    assert not torch.equal(trained.lm.state_dict()["model.layers.0.mlp.up_proj.weight"], start["model.layers.0.mlp.up_proj.weight"])
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(trained.lm.state_dict()[name], start[name])
 
 
 @pytest.mark.parametrize("variant", [["--pool_layer", "2"], ["--mix_layers", "1-3", "--english_encoder", "frozen"]])
@@ -145,7 +148,8 @@ def test_bad_parallel_line_names_file_and_line(tiny_model, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"ko": "안녕", "en": "hi"}\n{"ko": "네"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"bad.jsonl:2: missing field 'en'"):
-        tc.main(["--model_name_or_path", str(tiny_model), "--train_file", str(bad), "--output_dir", str(tmp_path / "o"), "--report_to", "none"])
+        tc.main(["--model_name_or_path", str(tiny_model), "--train_file", str(bad), "--output_dir", str(tmp_path / "o"),
+                 "--report_to", "none"])
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -160,7 +164,8 @@ def test_bad_arguments_fail_before_the_model_is_loaded(tmp_path, flags, message)
     # a folder with a config but no weights: loading the model would fail with another error
     tiny_llama(100, hidden_size=32, num_layers=4).config.save_pretrained(tmp_path / "config_only")
     with pytest.raises(ValueError, match=message):
-        tc.main(["--model_name_or_path", str(tmp_path / "config_only"), "--train_file", TRAIN, "--output_dir", str(tmp_path / "o"), *flags])
+        tc.main(["--model_name_or_path", str(tmp_path / "config_only"), "--train_file", TRAIN,
+                 "--output_dir", str(tmp_path / "o"), *flags])
 
 
 def test_every_argument_has_help_and_an_argument_file_works(tiny_model, tmp_path):
@@ -175,8 +180,9 @@ def test_every_argument_has_help_and_an_argument_file_works(tiny_model, tmp_path
 
 
 def test_embedded_demo_learns(tmp_path):
-    """The README's first job: no model, no data; alignment on held-out demo pairs must rise."""
-    tc.main(["--output_dir", str(tmp_path), "--max_steps", "150", "--eval_steps", "150", "--save_steps", "150", "--report_to", "none"])
+    """The README's first job, through the demo config plus overrides: alignment on held-out demo pairs must rise."""
+    tc.main([tc.DEMO_CONFIG, "--output_dir", str(tmp_path), "--max_steps", "150", "--eval_steps", "150",
+             "--save_steps", "150", "--report_to", "none"])
     evals = [r for r in read_log(tmp_path) if "eval/gap" in r]
     first, last = evals[0], evals[-1]
     assert last["eval/gap"] > first["eval/gap"] + 0.3

@@ -35,8 +35,10 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def demo_args(model, out, *extra):
     return ["--model_name_or_path", str(model), "--train_file", str(DEMO / "mono_ko_train.txt"),
-            "--validation_file", str(DEMO / "mono_ko_validation.txt"), "--en_validation_file", str(DEMO / "mono_en_validation.txt"),
-            "--output_dir", str(out), "--block_size", "32", "--per_device_train_batch_size", "4", "--learning_rate", "1e-3",
+            "--validation_file", str(DEMO / "mono_ko_validation.txt"),
+            "--en_validation_file", str(DEMO / "mono_en_validation.txt"),
+            "--output_dir", str(out), "--block_size", "32", "--per_device_train_batch_size", "4",
+            "--learning_rate", "1e-3",
             "--report_to", "none", "--logging_steps", "1", "--max_eval_blocks", "16", *extra]
 
 
@@ -57,7 +59,8 @@ def weights(folder) -> dict[str, torch.Tensor]:
 
 
 def test_lm_head_only_leaves_everything_else_bitwise_unchanged(tiny_model, tmp_path):
-    train_lm_head.main(demo_args(tiny_model, tmp_path, "--max_steps", "5", "--save_steps", "5", "--weight_decay", "0.1"))
+    train_lm_head.main(demo_args(tiny_model, tmp_path, "--max_steps", "5", "--save_steps", "5",
+                                 "--weight_decay", "0.1"))
     before, after = weights(tiny_model), weights(tmp_path / "checkpoint-5")
     assert set(before) == set(after)
     for name in before:
@@ -75,12 +78,14 @@ def test_lm_head_in_two_processes_matches_one_and_freezes_the_body(tiny_model, t
     args = demo_args(tiny_model, tmp_path / "two", *common)
     args[args.index("--per_device_train_batch_size") + 1] = "2"  # same global batch of 4 over 2 processes
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train_lm_head.py"), *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "over 2 process(es)" in proc.stderr
-    one, two, start = weights(tmp_path / "one" / "checkpoint-3"), weights(tmp_path / "two" / "checkpoint-3"), weights(tiny_model)
+    one, two = weights(tmp_path / "one" / "checkpoint-3"), weights(tmp_path / "two" / "checkpoint-3")
+    start = weights(tiny_model)
     for name in start:
         if name != "lm_head.weight":
             assert torch.equal(two[name], start[name]), name
@@ -100,13 +105,15 @@ def test_tied_head_is_refused(tmp_path):
 @pytest.mark.parametrize("script", [train_lm_head, train_full])
 def test_resume_reproduces_the_uninterrupted_run(tiny_model, tmp_path, script, reset_accelerate):
     sft = tmp_path / "sft.jsonl"
-    sft.write_text("".join(json.dumps({"prompt": f"질문 {i}: 가 나", "response": f"답 {i} 다 라"}, ensure_ascii=False) + "\n" for i in range(10)))
+    rows = [{"prompt": f"질문 {i}: 가 나", "response": f"답 {i} 다 라"} for i in range(10)]
+    sft.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     extra = ["--en_train_file", str(DEMO / "mono_en_train.txt"), "--ko_ratio", "0.75", "--instruction_file", str(sft),
              "--per_device_instruction_batch_size", "3"] if script is train_full else []
     common = ["--max_steps", "8", "--save_steps", "4", "--eval_steps", "4", "--warmup_ratio", "0.25", *extra]
     script.main(demo_args(tiny_model, tmp_path / "full", *common))
     reset_accelerate()
-    script.main(demo_args(tiny_model, tmp_path / "resumed", *common, "--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-4")))
+    script.main(demo_args(tiny_model, tmp_path / "resumed", *common,
+                          "--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-4")))
     full, resumed = by_step(read_log(tmp_path / "full")), by_step(read_log(tmp_path / "resumed"))
     assert sorted(resumed) == [5, 6, 7, 8]
     for step, record in resumed.items():
@@ -123,10 +130,12 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model, tmp_path, script, r
 
 def test_instruction_prompt_tokens_carry_no_loss(tiny_model):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    rows = [tokenize_instruction(tokenizer, "선생님은 오늘", "책을 읽어요.", 64), tokenize_instruction(tokenizer, "The teacher", "reads a book today.", 64)]
+    rows = [tokenize_instruction(tokenizer, "선생님은 오늘", "책을 읽어요.", 64),
+            tokenize_instruction(tokenizer, "The teacher", "reads a book today.", 64)]
     for row in rows:
         n_prompt = row["labels"].count(-100)
-        assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:] and row["input_ids"][-1] == tokenizer.eos_token_id
+        assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
+        assert row["input_ids"][-1] == tokenizer.eos_token_id
     batch = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)(rows)
     lm = tiny_llama(len(tokenizer), hidden_size=64, num_layers=2, seed=1)
     model = train_full.FullModel(lm)
@@ -147,7 +156,8 @@ def test_loss_falls_on_real_korean_text(shared_data, tmp_path, reset_accelerate)
     """Tiny random Llama with the Llama-2 tokenizer: stage 3 then stage 2 on Korean Wikipedia."""
     wiki = sorted((shared_data / "mono_ko" / "kowiki").iterdir())
     def plain(path, n):
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith(("<doc", "</doc"))]
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines()
+                 if line.strip() and not line.startswith(("<doc", "</doc"))]
         return "\n".join(lines[:n]) + "\n"
     (tmp_path / "ko_train.txt").write_text(plain(wiki[0], 1500), encoding="utf-8")
     (tmp_path / "ko_val.txt").write_text(plain(wiki[-1], 100), encoding="utf-8")
@@ -155,15 +165,18 @@ def test_loss_falls_on_real_korean_text(shared_data, tmp_path, reset_accelerate)
     model_dir.mkdir()
     shutil.copy(shared_data / "llama2_tokenizer" / "tokenizer.model", model_dir)
     tokenizer = LlamaTokenizer.from_pretrained(str(model_dir), add_bos_token=True)
-    tiny_llama(len(tokenizer), hidden_size=64, num_layers=2, seed=0, bos_token_id=1, eos_token_id=2, pad_token_id=None).save_pretrained(model_dir)
+    tiny_llama(len(tokenizer), hidden_size=64, num_layers=2, seed=0, bos_token_id=1, eos_token_id=2,
+               pad_token_id=None).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     common = ["--train_file", str(tmp_path / "ko_train.txt"), "--validation_file", str(tmp_path / "ko_val.txt"),
-              "--block_size", "128", "--per_device_train_batch_size", "8", "--learning_rate", "3e-3", "--max_steps", "40",
+              "--block_size", "128", "--per_device_train_batch_size", "8", "--learning_rate", "3e-3",
+              "--max_steps", "40",
               "--eval_steps", "40", "--save_steps", "40", "--report_to", "none", "--max_eval_blocks", "32"]
     train_full.main(["--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path / "s3"), *common])
     s3 = [r for r in read_log(tmp_path / "s3") if "eval/ko_perplexity" in r]
     reset_accelerate()
-    train_lm_head.main(["--model_name_or_path", str(tmp_path / "s3" / "checkpoint-40"), "--output_dir", str(tmp_path / "s2"), *common])
+    train_lm_head.main(["--model_name_or_path", str(tmp_path / "s3" / "checkpoint-40"),
+                        "--output_dir", str(tmp_path / "s2"), *common])
     s2 = [r for r in read_log(tmp_path / "s2") if "eval/ko_perplexity" in r]
     print("stage 3 ko perplexity:", s3[0]["eval/ko_perplexity"], "->", s3[-1]["eval/ko_perplexity"])
     print("stage 2 ko perplexity:", s2[0]["eval/ko_perplexity"], "->", s2[-1]["eval/ko_perplexity"])
@@ -211,10 +224,12 @@ def test_block_size_beyond_context_and_bad_instructions(tiny_model, tmp_path, re
 
 
 def test_demos_run(tmp_path, reset_accelerate):
-    train_lm_head.main(["--output_dir", str(tmp_path / "s2"), "--max_steps", "20", "--eval_steps", "20", "--save_steps", "20", "--report_to", "none"])
+    overrides = ["--max_steps", "20", "--eval_steps", "20", "--save_steps", "20", "--report_to", "none"]
+    train_lm_head.main([train_lm_head.DEMO_CONFIG, "--output_dir", str(tmp_path / "s2"), *overrides])
     s2 = [r for r in read_log(tmp_path / "s2") if "eval/ko_perplexity" in r]
     assert s2[-1]["eval/ko_perplexity"] < s2[0]["eval/ko_perplexity"]
     reset_accelerate()
-    train_full.main(["--output_dir", str(tmp_path / "s3"), "--max_steps", "20", "--eval_steps", "20", "--save_steps", "20", "--report_to", "none"])
+    train_full.main([train_full.DEMO_CONFIG, "--output_dir", str(tmp_path / "s3"), *overrides])
     s3 = [r for r in read_log(tmp_path / "s3") if "eval/en_perplexity" in r]
-    assert s3[-1]["eval/ko_perplexity"] < s3[0]["eval/ko_perplexity"] and s3[-1]["eval/en_perplexity"] < s3[0]["eval/en_perplexity"]
+    for lang in ("ko", "en"):
+        assert s3[-1][f"eval/{lang}_perplexity"] < s3[0][f"eval/{lang}_perplexity"], lang
