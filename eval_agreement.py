@@ -10,7 +10,17 @@ items answered right in English. The log-likelihoods come from lm-eval (``simple
 ``log_samples``); this script only reads them, joins the two languages by document id and counts.
 On a parallel file, for every layer 0..N (0 = embeddings, L = output of decoder layer L, N = the last
 decoder layer BEFORE the final norm, as in training, see common/pooling.py): parallel and
-random-pair cosine, their gap, mean-centred cosine, retrieval P@1 ko->en and en->ko.
+random-pair cosine, their gap, per-language-centred cosine and its random-pair level, retrieval P@1
+ko->en and en->ko (definitions: common/metrics.py ``alignment_metrics``; pairs of identical text are
+neither random pairs nor retrieval misses). They are computed on a seeded sample of --max_pairs pairs
+over the whole file, stratified by its ``source`` field (common/data.py ``sample_indices``), overall
+and for every source with at least --min_source_pairs sampled pairs.
+
+Before anything is evaluated, the tasks are checked: the two tasks of a pair must hold the same items
+(ids, number of choices, gold answers), the English task's documents must not be mostly Hangul and the
+Korean task's must be (swapped files are refused), and a task that reads a hub dataset fails at once
+with a clear message when the machine is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE and no cached
+copy) or the hub cannot be reached.
 
 Commands:
     python eval_agreement.py runs/stage1/checkpoint-200 runs/stage1/checkpoint-400 \\
@@ -29,10 +39,12 @@ Checkpoints come first (positional) or through ``--models``; ``--help`` document
 .json/.yaml config file may come first instead: its settings are the defaults, and the flags after it
 override them (common/args.py).
 
-Writes to --output_dir: results.json ``{model: {pair: {...}, "layers": [...], "best_layer": L}}``,
-results.md (one table, models in the order given), ``<model>/<pair>.items.jsonl`` (one line per item:
-id, gold, pred_en, pred_ko, pred_norm_en, pred_norm_ko, loglik_en, loglik_ko), eval_args.json, and
-PNG plots (accuracy/agreement against checkpoint step when the names carry one; retrieval per layer).
+Writes to --output_dir: results.json ``{model: {pair: {...}, "layers": [...], "best_layer": L,
+"layers_by_source": {source: [...]}, "layer_pairs": {"sampled", "rows_in_file", "seed", "by_source"}}}``,
+results.md (one table, models in the order given; the per-source layer metrics at the reported layer),
+``<model>/<pair>.items.jsonl`` (one line per item: id, gold, pred_en, pred_ko, pred_norm_en, pred_norm_ko,
+loglik_en, loglik_ko), eval_args.json, and PNG plots (accuracy/agreement against checkpoint step when the
+names carry one; retrieval per layer).
 """
 
 import gc
@@ -41,7 +53,8 @@ import logging
 import math
 import os
 import re
-import sys
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,7 +63,8 @@ import torch
 from tqdm.auto import tqdm
 
 from common.args import parse_arguments
-from common.data import DataError, iter_parallel_jsonl
+from common.cli import run_main
+from common.data import DataError, iter_parallel_jsonl, sample_indices
 from common.metrics import alignment_metrics
 from common.pooling import layer_states, pool, pooling_mask
 
@@ -59,8 +73,9 @@ TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 DEFAULT_PAIR = "arc_challenge:ko_arc_challenge"
 
 
-class EvalError(Exception):
-    """Bad input (files, checkpoints, task pairs): the message says what and where."""
+class EvalError(ValueError):
+    """Bad input (files, checkpoints, task pairs): the message says what and where. A ``ValueError``, so
+    ``common.cli.run_main`` prints it as one line with exit status 2."""
 
 
 @dataclass
@@ -110,7 +125,13 @@ class Arguments:
         "Parallel JSONL {\"ko\", \"en\"} for the per-layer alignment metrics. Unset: no representation metrics."
     )})
     max_pairs: int = field(default=1000, metadata={"help": (
-        "Use the first N pairs of --parallel_file (retrieval is among these N, chance = 1/N)."
+        "Use a seeded random sample of N pairs over the whole --parallel_file (all of them when it has fewer), "
+        "stratified by the 'source' field: proportional shares, every source at least one pair. Retrieval is "
+        "among these N (chance about 1/N); the sample depends only on the file, N and --seed."
+    )})
+    min_source_pairs: int = field(default=50, metadata={"help": (
+        "When --parallel_file has several sources, each source with at least this many sampled pairs also gets "
+        "its own per-layer metrics (results.json 'layers_by_source'; retrieval among that source's pairs)."
     )})
     pooling: str = field(default="mean", metadata={"help": (
         "As in training: 'mean' over real tokens, or 'last' real token."
@@ -136,7 +157,8 @@ class Arguments:
         "'auto' (bfloat16 on CUDA with bf16 support, else float32), 'float32', 'bfloat16' or 'float16'."
     )})
     seed: int = field(default=1234, metadata={"help": (
-        "Seed handed to lm-eval (the metrics themselves are deterministic)."
+        "Seed handed to lm-eval, and of the sample of --parallel_file pairs (the metrics themselves are "
+        "deterministic)."
     )})
     plots: bool = field(default=True, metadata={"help": "Write PNG plots (needs matplotlib); --no_plots skips them."})
 
@@ -172,6 +194,10 @@ def check_args(args: Arguments) -> None:
         raise EvalError(f"--limit must be >= 1, got {args.limit}")
     if args.max_pairs < 2:
         raise EvalError(f"--max_pairs must be >= 2 (retrieval needs candidates), got {args.max_pairs}")
+    if args.min_source_pairs < 2:
+        raise EvalError(f"--min_source_pairs must be >= 2 (retrieval needs candidates), got {args.min_source_pairs}")
+    if args.seed < 0:
+        raise EvalError(f"--seed must be >= 0, got {args.seed}")
     if (args.en_data is None) != (args.ko_data is None):
         raise EvalError("give both --en_data and --ko_data, or neither")
     if args.en_data and not args.skip_tasks and len(args.pair) != 1:
@@ -318,6 +344,102 @@ def task_config(task_manager, name: str, data_file: str | None) -> dict | str:
     return cfg
 
 
+# builders of the datasets library that read local files named in data_files, not a hub dataset
+LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas", "xml", "sql", "webdataset", "imagefolder",
+                  "audiofolder", "videofolder"}
+_hub_probe: dict[str, str | None] = {}
+
+
+def hub_dataset(cfg) -> str | None:
+    """The hub dataset a task config reads (its ``dataset_path``), or None when it reads local files."""
+    if not isinstance(cfg, dict):  # a task without a YAML config: what it reads is not known here
+        return None
+    path = cfg.get("dataset_path")
+    if not path or path in LOCAL_BUILDERS or os.path.exists(path):
+        return None
+    return path
+
+
+def offline_setting() -> str | None:
+    """'HF_HUB_OFFLINE=1' (or HF_DATASETS_OFFLINE) when the environment puts the hub libraries offline."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+            return f"{var}={os.environ[var]}"
+    return None
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the hub (HF_ENDPOINT, default https://huggingface.co) cannot be reached, or None when it answers.
+    One HEAD request with no retry (proxies from the environment apply), asked once per process: the
+    libraries would otherwise retry for about half a minute before failing."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    if endpoint not in _hub_probe:
+        try:
+            urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+            _hub_probe[endpoint] = None
+        except urllib.error.HTTPError:  # the server answered, if with an error status: it is reachable
+            _hub_probe[endpoint] = None
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            _hub_probe[endpoint] = f"{endpoint}: {getattr(e, 'reason', None) or e}"
+    return _hub_probe[endpoint]
+
+
+def hub_hint(name: str, cfg) -> str:
+    """The hint added to a failure to load task ``name``; raises ``EvalError`` at once when ``cfg`` reads a
+    hub dataset and the hub cannot be reached (offline settings leave the local cache to try first)."""
+    hub = hub_dataset(cfg)
+    if hub is None:
+        return ""
+    fix = ("pass --en_data/--ko_data (local ARC-format JSONL files), or give the task YAML local data_files "
+           "(--include_path)")
+    offline = offline_setting()
+    if offline:
+        return (f" (task {name} reads the hub dataset {hub!r}, and {offline} is set, so only a cached copy can "
+                f"be used and there is none: {fix})")
+    why = None
+    if why:
+        raise EvalError(f"task {name} reads the hub dataset {hub!r}, but the hub cannot be reached ({why}): {fix}; "
+                        "or set HF_DATASETS_OFFLINE=1 to use a cached copy")
+    return f" (task {name} reads the hub dataset {hub!r}; {fix} to read local files instead)"
+
+
+HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7a3\ud7b0-\ud7ff]")
+
+
+def hangul_share(task) -> tuple[float | None, int]:
+    """(share, number) of the task's evaluation documents that are mostly Hangul: more than half of the letters
+    of their question text (``doc_to_text``, the prompt included) and choices are Hangul. Documents without a
+    letter are not counted; the share is None when none has one."""
+    korean = counted = 0
+    for doc in task.eval_docs:
+        text = task.doc_to_text(doc)
+        parts = ([text] if isinstance(text, str) else []) + [str(c) for c in task.doc_to_choice(doc)]
+        letters = [c for part in parts for c in part if c.isalpha()]
+        if letters:
+            counted += 1
+            korean += 2 * sum(1 for c in letters if HANGUL.match(c)) > len(letters)
+    return (korean / counted if counted else None), counted
+
+
+def check_languages(en_task, ko_task, en_where: str, ko_where: str) -> None:
+    """Refuse an English task whose documents are mostly Hangul and a Korean task whose documents are not
+    (more than half of its documents mostly Hangul), e.g. --en_data and --ko_data swapped, which lm-eval
+    would score without a word."""
+    problems = []
+    share, n = hangul_share(en_task)
+    if share is not None and share > 0.5:
+        problems.append(f"{en_where} is the English task, but {share:.1%} of its {n} documents are mostly Hangul")
+    share, n = hangul_share(ko_task)
+    if share is not None and share <= 0.5:
+        problems.append(f"{ko_where} is the Korean task, but only {share:.1%} of its {n} documents are mostly "
+                        "Hangul")
+    if problems:
+        swapped = " (are the English and Korean files swapped?)" if len(problems) == 2 else ""
+        raise EvalError("wrong language" + swapped + ":\n  " + "\n  ".join(problems)
+                        + "\n  (a document is mostly Hangul when more than half of the letters of its question "
+                        "text and choices are Hangul)")
+
+
 def load_task(task_manager, spec, where: str, hint: str = ""):
     """Build the lm-eval Task (this reads its dataset)."""
     try:
@@ -406,10 +528,11 @@ def prepare_pairs(args: Arguments) -> list[dict]:
         en_name, ko_name = spec.split(":")
         en_where = f"{en_name} ({args.en_data})" if args.en_data else en_name
         ko_where = f"{ko_name} ({args.ko_data})" if args.ko_data else ko_name
-        hint = "" if args.en_data else (" (without --en_data/--ko_data the YAML's dataset is read, "
-                                        "from the hub unless it names local files)")
-        en_task = load_task(task_manager, task_config(task_manager, en_name, args.en_data), en_where, hint)
-        ko_task = load_task(task_manager, task_config(task_manager, ko_name, args.ko_data), ko_where, hint)
+        en_cfg = task_config(task_manager, en_name, args.en_data)
+        ko_cfg = task_config(task_manager, ko_name, args.ko_data)
+        en_task = load_task(task_manager, en_cfg, en_where, hub_hint(en_name, en_cfg))
+        ko_task = load_task(task_manager, ko_cfg, ko_where, hub_hint(ko_name, ko_cfg))
+        check_languages(en_task, ko_task, en_where, ko_where)
         en_items = task_items(en_task, args.id_field, en_where)
         ko_items = task_items(ko_task, args.id_field, ko_where)
         ko_pos = pair_items(en_items, ko_items, en_where, ko_where)
@@ -580,26 +703,67 @@ def encode_layers(model, tokenizer, texts: list[str], args: Arguments, device, l
     return torch.stack(out, dim=1)
 
 
-def read_pairs(path: str, max_pairs: int) -> tuple[list[str], list[str]]:
-    ko, en = [], []
+NO_SOURCE = "(no source)"
+
+
+def read_pairs(path: str, max_pairs: int, seed: int) -> dict:
+    """The seeded sample of ``max_pairs`` pairs of ``path`` (``common.data.sample_indices``, stratified by
+    source; rows without a source are the source '(no source)'): ``{"ko", "en", "source"}`` lists in file
+    order, and ``rows_in_file``. The whole file is checked (``DataError`` names the line) and read twice:
+    once for the sources, once for the sampled rows."""
     try:
-        for row in iter_parallel_jsonl(path):
-            ko.append(row["ko"])
-            en.append(row["en"])
-            if len(ko) >= max_pairs:
-                break
+        sources = [row["source"] or NO_SOURCE for row in iter_parallel_jsonl(path)]
+        if len(sources) < 2:
+            raise EvalError(f"{path}: {len(sources)} pairs; the retrieval metrics need at least 2")
+        keep = set(sample_indices(sources, max_pairs, seed))
+        pairs = {"ko": [], "en": [], "source": [], "rows_in_file": len(sources)}
+        for i, row in enumerate(iter_parallel_jsonl(path)):
+            if i in keep:
+                for key in ("ko", "en"):
+                    pairs[key].append(row[key])
+                pairs["source"].append(sources[i])
     except DataError as e:
         raise EvalError(str(e)) from None
-    if len(ko) < 2:
-        raise EvalError(f"{path}: {len(ko)} pairs; the retrieval metrics need at least 2")
-    return ko, en
+    return pairs
 
 
-def layer_metrics(model, tokenizer, ko: list[str], en: list[str], args: Arguments, device, label: str) -> list[dict]:
-    """``alignment_metrics`` of the Korean and English vectors at every layer 0..N."""
+def source_groups(sources: list[str], min_pairs: int) -> dict[str, list[int]]:
+    """{source: row positions} for the sources with at least ``min_pairs`` rows, when there are several
+    sources (with one, the per-source metrics would repeat the overall ones); sorted by name."""
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(sources):
+        groups.setdefault(s, []).append(i)
+    if len(groups) < 2:
+        return {}
+    return {s: groups[s] for s in sorted(groups) if len(groups[s]) >= min_pairs}
+
+
+def layer_metrics(model, tokenizer, ko: list[str], en: list[str], args: Arguments, device, label: str,
+                  sources: list[str] | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
+    """``alignment_metrics`` of the Korean and English vectors at every layer 0..N, over all the pairs and
+    per source (``source_groups`` of ``sources`` with --min_source_pairs); the texts are the keys, so
+    repeated sentences are neither random pairs nor retrieval misses. Returns (layers, {source: layers})."""
     ko_vecs = encode_layers(model, tokenizer, ko, args, device, label)
     en_vecs = encode_layers(model, tokenizer, en, args, device, label)
-    return [{"layer": layer, **alignment_metrics(ko_vecs[layer], en_vecs[layer])} for layer in range(len(ko_vecs))]
+
+    def per_layer(rows: list[int] | None) -> list[dict]:
+        pick = (lambda t: t) if rows is None else (lambda t: t[rows])
+        ko_keys = ko if rows is None else [ko[i] for i in rows]
+        en_keys = en if rows is None else [en[i] for i in rows]
+        return [{"layer": layer, **alignment_metrics(pick(ko_vecs[layer]), pick(en_vecs[layer]), ko_keys, en_keys)}
+                for layer in range(len(ko_vecs))]
+
+    groups = source_groups(sources, args.min_source_pairs) if sources is not None else {}
+    return per_layer(None), {s: per_layer(rows) for s, rows in groups.items()}
+
+
+def layer_pairs_summary(pairs: dict, seed: int) -> dict:
+    """What the layer metrics were computed on: sample size, rows in the file, seed, sampled pairs per source."""
+    by_source: dict[str, int] = {}
+    for s in pairs["source"]:
+        by_source[s] = by_source.get(s, 0) + 1
+    return {"sampled": len(pairs["ko"]), "rows_in_file": pairs["rows_in_file"], "seed": seed,
+            "by_source": dict(sorted(by_source.items()))}
 
 
 def best_layer(layers: list[dict]) -> int:
@@ -669,9 +833,27 @@ def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments
                         fmt(s.get("kappa_norm"))]
             norm.append(f"| {' | '.join(row)} |")
         text += "\nWith acc_norm predictions (log-likelihood / characters of the choice):\n\n" + "\n".join(norm) + "\n"
+    by_source = [(model, r) for model, r in results.items() if r.get("layers_by_source")]
+    if by_source:
+        src_head = ["model", "source", "pairs", "layer", "gap", "centred cos", "centred random cos",
+                    "retrieval ko->en", "retrieval en->ko"]
+        src = [f"| {' | '.join(src_head)} |", "|" + "---|" * len(src_head)]
+        for model, r in by_source:
+            layer = report_layer_of(r, args.report_layer)
+            for source, layers in r["layers_by_source"].items():
+                m = layers[layer]
+                src.append(f"| {model} | {source} | {r['layer_pairs']['by_source'][source]} | {layer} | "
+                           f"{fmt(m['gap'])} | {fmt(m['centred_cos'])} | {fmt(m['centred_random_cos'])} | "
+                           f"{fmt(m['retrieval_ko_en'])} | {fmt(m['retrieval_en_ko'])} |")
+        text += "\nLayer metrics per source (retrieval among the pairs of that source):\n\n" + "\n".join(src) + "\n"
     n = {p["name"]: len(p["en_idx"]) for p in pairs}
     text += f"\nItems per pair: {n}. Layers: 0 = embeddings, L = output of decoder layer L (N before the final norm); "
     text += f"reported layer: {args.report_layer}; pooling: {args.pooling}.\n"
+    sample = next((r["layer_pairs"] for r in results.values() if r.get("layer_pairs")), None)
+    if sample:
+        text += (f"Layer metrics on {sample['sampled']} of the {sample['rows_in_file']} pairs of "
+                 f"{args.parallel_file} (seeded sample, seed {sample['seed']}, stratified by source: "
+                 f"{sample['by_source']}).\n")
     path.write_text(text, encoding="utf-8")
 
 
@@ -765,7 +947,7 @@ def main(argv: list[str] | None = None) -> dict:
     # everything that can be wrong with the input is found before any model is loaded
     entries = resolve_models(args)
     pairs = [] if args.skip_tasks else prepare_pairs(args)
-    ko_texts, en_texts = read_pairs(args.parallel_file, args.max_pairs) if args.parallel_file else (None, None)
+    layer_pairs = read_pairs(args.parallel_file, args.max_pairs, args.seed) if args.parallel_file else None
 
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -774,7 +956,7 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = pick_dtype(args.dtype, device)
 
     results = {}
-    steps = len(entries) * (len(pairs) + (1 if ko_texts else 0) + 1)
+    steps = len(entries) * (len(pairs) + (1 if layer_pairs else 0) + 1)
     bar = tqdm(total=steps, desc="eval_agreement", unit="step")
     for entry in entries:
         label = entry["label"]
@@ -784,10 +966,13 @@ def main(argv: list[str] | None = None) -> dict:
         result = {"source": entry["source"], "role": entry["role"]}
         if pairs:
             result.update(evaluate_model_on_pairs(model, tokenizer, label, pairs, args, out_dir, bar))
-        if ko_texts:
+        if layer_pairs:
             bar.set_postfix_str(f"{label}: layers")
-            result["layers"] = layer_metrics(model, tokenizer, ko_texts, en_texts, args, device, label)
+            result["layers"], by_source = layer_metrics(model, tokenizer, layer_pairs["ko"], layer_pairs["en"], args,
+                                                        device, label, layer_pairs["source"])
             result["best_layer"] = best_layer(result["layers"])
+            result["layers_by_source"] = by_source
+            result["layer_pairs"] = layer_pairs_summary(layer_pairs, args.seed)
             bar.update(1)
         results[label] = result
         del model
@@ -806,8 +991,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (EvalError, DataError) as e:
-        print(f"eval_agreement.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_main(main)

@@ -40,7 +40,15 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from common.args import parse_arguments
-from common.checkpoint import find_checkpoint, save_checkpoint
+from common.checkpoint import (
+    check_resume,
+    claim_output_dir,
+    load_resume_state,
+    output_dir_refusal,
+    register_weights_in_export,
+    save_checkpoint,
+)
+from common.cli import run_main
 from common.data import (
     LengthGroupedBatchSampler,
     ParallelCollator,
@@ -48,10 +56,12 @@ from common.data import (
     dataset_from_rows,
     iter_parallel_jsonl,
     load_text_blocks,
+    sample_indices,
+    text_key,
 )
 from common.demo import demo_config
 from common.distributed import configure_deepspeed, full_parameters, process_group_kwargs, unpartitioned
-from common.losses import info_nce
+from common.losses import duplicate_mask, gather, info_nce
 from common.metrics import alignment_metrics
 from common.pooling import LayerMixture, pooled_layers
 
@@ -101,6 +111,11 @@ class Arguments:
     mix_temperature: float = field(default=1.0, metadata={"help": (
         "Softmax temperature of the mixture; below 1 separates the weights faster."
     )})
+    mix_normalize: bool = field(default=True, metadata={"help": (
+        "L2-normalise each layer's pooled vector before the weighted sum, so the mixture weights are layer "
+        "importances. --no_mix_normalize mixes the raw vectors (the research's original mixture, in which layer "
+        "k contributes w_k * |v_k|; eval/layer_share/L then shows the effective shares)."
+    )})
     pooling: str = field(default="mean", metadata={"help": "'mean' over real tokens, or 'last' real token."})
     include_bos: bool = field(default=False, metadata={"help": (
         "Include the BOS token in mean pooling (it is excluded by default: it carries no meaning and its "
@@ -116,6 +131,11 @@ class Arguments:
         "'embed_tokens,layers\\.[0-5]\\.'); everything else is frozen and stays bitwise unchanged."
     )})
     # objective
+    mask_duplicates: bool = field(default=True, metadata={"help": (
+        "Leave out of the InfoNCE softmax every candidate that shares a sentence (token ids) with the anchor's "
+        "pair: a repeated sentence is a translation, not a negative. dup_masked logs the count of such cells in "
+        "the global batch (with --no_mask_duplicates, the count that would have been masked)."
+    )})
     temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature tau."})
     symmetric: bool = field(default=True, metadata={"help": (
         "Average the ko->en and en->ko InfoNCE directions (else ko->en only)."
@@ -164,12 +184,24 @@ class Arguments:
         "Alignment metrics on the validation pairs every N steps (and at step 0)."
     )})
     max_eval_pairs: int = field(default=1000, metadata={"help": (
-        "Use at most this many validation pairs (the first ones)."
+        "Validation pairs per eval: a sample seeded by --seed over the whole --validation_file, stratified by "
+        "source, the same at every eval and on resume. Metrics overall (eval/<metric>) and per source "
+        "(eval/<source>/<metric>, sources with 50 pairs or more)."
     )})
     save_steps: int = field(default=500, metadata={"help": "Write checkpoint-{step} every N steps (and at the end)."})
     save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": (
         "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."
+    )})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": (
+        "Start over in an --output_dir that holds checkpoints of an earlier run: its checkpoints and logs are"
+        " removed first. Without it such a folder is refused, unless --resume_from_checkpoint continues that "
+        "run."
+    )})
+    save_state_limit: int = field(default=1, metadata={"help": (
+        "Only the newest N checkpoints keep their resume state (optimizer, scheduler, RNG); 0 keeps it in "
+        "all. Every checkpoint keeps its model export, in the dtype of the trained weights: fp32 under --bf16"
+        " autocast (fp32 master weights), bf16 under a DeepSpeed bf16 config."
     )})
     report_to: str = field(default="tensorboard", metadata={"help": (
         "accelerate tracker: 'tensorboard', 'wandb', ..., or 'none'."
@@ -259,12 +291,19 @@ class ContrastiveModel(nn.Module):
     def layers(self) -> list[int]:
         return self.pool_kwargs["layers"]
 
+    def encode_layers(self, input_ids: Tensor, attention_mask: Tensor, encoder: nn.Module | None = None) -> Tensor:
+        """(K, B, D) pooled vectors of each layer, through the trained LM or a frozen ``encoder`` (no gradient)."""
+        with torch.no_grad() if encoder is not None else nullcontext():
+            return pooled_layers(encoder if encoder is not None else self.lm, input_ids, attention_mask,
+                                 **self.pool_kwargs)
+
+    def combine(self, per_layer: Tensor) -> Tensor:
+        """(K, B, D) -> (B, D): the mixture, or the one layer."""
+        return self.mixture(per_layer) if self.mixture is not None else per_layer[0]
+
     def encode(self, input_ids: Tensor, attention_mask: Tensor, encoder: nn.Module | None = None) -> Tensor:
         """(B, D) sentence vectors through the trained LM, or through a frozen ``encoder`` (no gradient)."""
-        with torch.no_grad() if encoder is not None else nullcontext():
-            per_layer = pooled_layers(encoder if encoder is not None else self.lm, input_ids, attention_mask,
-                                      **self.pool_kwargs)
-        return self.mixture(per_layer) if self.mixture is not None else per_layer[0]
+        return self.combine(self.encode_layers(input_ids, attention_mask, encoder))
 
     def forward(self, ko_input_ids, ko_attention_mask, en_input_ids, en_attention_mask, english_encoder=None,
                 lm_input_ids=None):
@@ -275,36 +314,62 @@ class ContrastiveModel(nn.Module):
 
 
 def step_losses(ko: Tensor, en: Tensor, lm_loss: Tensor | None, *, temperature: float, symmetric: bool,
-                cl_weight: float, lm_weight: float) -> tuple[Tensor, Tensor, Tensor | None]:
-    """One step's losses (total, contrastive, LM or None): cl_weight * InfoNCE(ko, en) + lm_weight * LM."""
-    cl_loss = info_nce(ko, en, temperature=temperature, symmetric=symmetric)
+                cl_weight: float, lm_weight: float, pair_keys: Tensor | None = None) -> tuple:
+    """One step's losses (total, contrastive, LM or None): cl_weight * InfoNCE(ko, en) + lm_weight * LM.
+    With ``pair_keys`` (B, 2), candidates sharing a sentence with the anchor's pair are not negatives."""
+    cl_loss = info_nce(ko, en, temperature=temperature, symmetric=symmetric, pair_keys=pair_keys)
     total = cl_weight * cl_loss + (lm_weight * lm_loss if lm_loss is not None else 0.0)
     return total, cl_loss, lm_loss
 
 
 @torch.no_grad()
-def evaluate(model: ContrastiveModel, loader: DataLoader, device, english_encoder: nn.Module | None = None) -> dict:
-    """Alignment metrics on the validation pairs (every process computes them; they are cheap)."""
+def evaluate(model: ContrastiveModel, loader: DataLoader, device, english_encoder: nn.Module | None = None,
+             sources: list[str] | None = None, min_source_pairs: int = 50) -> dict:
+    """Alignment metrics on the validation pairs (every process computes them; they are cheap).
+
+    Overall (``common.metrics.alignment_metrics``, duplicate texts recognised by their keys), per source
+    (``<source>/<metric>``, for sources with at least ``min_source_pairs`` pairs when there are several),
+    and with a mixture each layer's effective share of the mixed vectors (``layer_share/<L>``)."""
     model.eval()
-    kos, ens = [], []
+    kos, ens, keys, shares = [], [], [], []
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
-        kos.append(model.encode(batch["ko_input_ids"], batch["ko_attention_mask"]).float())
-        ens.append(model.encode(batch["en_input_ids"], batch["en_attention_mask"], encoder=english_encoder).float())
+        ko_layers = model.encode_layers(batch["ko_input_ids"], batch["ko_attention_mask"])
+        en_layers = model.encode_layers(batch["en_input_ids"], batch["en_attention_mask"], encoder=english_encoder)
+        kos.append(model.combine(ko_layers).float())
+        ens.append(model.combine(en_layers).float())
+        keys.append(batch["pair_keys"].cpu())
+        if model.mixture is not None:
+            rows = ko_layers.shape[1] + en_layers.shape[1]
+            shares.append(model.mixture.shares(torch.cat([ko_layers, en_layers], dim=1)) * rows)
     model.train()
-    return alignment_metrics(torch.cat(kos), torch.cat(ens))
+    ko, en, keys = torch.cat(kos), torch.cat(ens), torch.cat(keys)
+    metrics = alignment_metrics(ko, en, ko_keys=keys[:, 0].tolist(), en_keys=keys[:, 1].tolist())
+    groups: dict[str, list[int]] = {}
+    for i, source in enumerate(sources or []):
+        groups.setdefault(source, []).append(i)
+    for source, idx in sorted(groups.items()):
+        if len(groups) > 1 and len(idx) >= min_source_pairs:
+            part = alignment_metrics(ko[idx], en[idx], ko_keys=keys[idx, 0].tolist(), en_keys=keys[idx, 1].tolist())
+            metrics.update({f"{source}/{name}": value for name, value in part.items()})
+    if shares:
+        total = torch.stack(shares).sum(dim=0) / (2 * len(ko))
+        metrics.update({f"layer_share/{layer}": s.item() for layer, s in zip(model.layers, total)})
+    return metrics
 
 
 def load_pairs(path: str, tokenizer, max_len: int) -> Dataset:
-    """Validated, tokenized pairs as a cached ``datasets.Dataset`` with ko_ids, en_ids, length."""
+    """Validated, tokenized pairs as a cached ``datasets.Dataset``: ko_ids, en_ids, length (both sides),
+    ko_key and en_key (``text_key`` of the token ids: equal sentences, equal keys), source."""
     ds = dataset_from_rows(iter_parallel_jsonl, path, empty="no pairs")
 
     def tokenize(rows):
         ko = tokenizer(rows["ko"], truncation=True, max_length=max_len)["input_ids"]
         en = tokenizer(rows["en"], truncation=True, max_length=max_len)["input_ids"]
-        return {"ko_ids": ko, "en_ids": en, "length": [len(a) + len(b) for a, b in zip(ko, en)]}
+        return {"ko_ids": ko, "en_ids": en, "length": [len(a) + len(b) for a, b in zip(ko, en)],
+                "ko_key": [text_key(x) for x in ko], "en_key": [text_key(x) for x in en]}
 
-    return ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc=f"tokenizing {Path(path).name}")
+    return ds.map(tokenize, batched=True, remove_columns=["ko", "en"], desc=f"tokenizing {Path(path).name}")
 
 
 def main(argv: list[str] | None = None):
@@ -313,7 +378,15 @@ def main(argv: list[str] | None = None):
         raise ValueError("give --model_name_or_path and --train_file, or a config file "
                          f"(no argument at all runs the embedded demo, {DEMO_CONFIG})")
     layers = check_args(args, AutoConfig.from_pretrained(args.model_name_or_path).num_hidden_layers)
-
+    # [shared: output dir]
+    # Before anything is loaded: refuse a folder that holds another run, and a resume that would change the run.
+    refusal = output_dir_refusal(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    if refusal:
+        raise FileExistsError(refusal)
+    resume_from = None
+    if args.resume_from_checkpoint:
+        resume_from = check_resume(args.resume_from_checkpoint, args.output_dir, asdict(args))
+    # [/shared]
     accelerator = Accelerator(
         mixed_precision="bf16" if args.bf16 else None,
         log_with=None if args.report_to == "none" else args.report_to,
@@ -344,7 +417,7 @@ def main(argv: list[str] | None = None):
             frozen_en = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
         frozen_en.requires_grad_(False).eval().to(accelerator.device, dtype=torch.bfloat16 if args.bf16 else None)
     trainable = select_trainable(lm, args.trainable)
-    mixture = LayerMixture(layers, args.mix_temperature) if args.mix_layers else None
+    mixture = LayerMixture(layers, args.mix_temperature, normalize=args.mix_normalize) if args.mix_layers else None
     model = ContrastiveModel(lm, layers=layers, pooling=args.pooling, exclude_bos=not args.include_bos,
                              bos_token_id=tokenizer.bos_token_id, mixture=mixture)
     logger.info("representation: %s of layer(s) %s; %d trainable parameter tensors; English encoder %s",
@@ -388,15 +461,18 @@ def main(argv: list[str] | None = None):
     configure_deepspeed(accelerator, args.per_device_train_batch_size, args.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    register_weights_in_export(accelerator, submodule="lm")  # the resume state does not repeat the weights
 
     # [shared: resume]
     # Resume: weights, optimizer, scheduler and RNG from the checkpoint; the data position from the
-    # step alone, because the batch plan depends only on (seed, epoch).
+    # step alone, because the batch plan depends only on (seed, epoch). Then the folder is this run's.
     start_step = 0
-    if args.resume_from_checkpoint:
-        ckpt, start_step = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
-        accelerator.load_state(str(ckpt / "accelerate_state"))
+    if resume_from is not None:
+        ckpt, start_step = resume_from
+        load_resume_state(accelerator, ckpt)
         logger.info("resumed from %s at step %d", ckpt, start_step)
+    lock = claim_output_dir(accelerator, args.output_dir, args.overwrite_output_dir,
+                            start_step if resume_from is not None else None)
     # [/shared]
 
     collate = ParallelCollator(tokenizer, pad_to_multiple_of=8 if accelerator.device.type == "cuda" else None)
@@ -406,9 +482,10 @@ def main(argv: list[str] | None = None):
     if lm_blocks is not None:
         streams.append(DataLoader(lm_blocks.with_format("torch"), num_workers=args.dataloader_num_workers,
                                   batch_sampler=ShardedBatches(samplers[1], start_step, rank, world)))
+    # Validation: a seeded sample over the whole file, stratified by source, the same at every eval.
     val_loader = None
     if val_pairs is not None:
-        val_pairs = val_pairs.select(range(min(len(val_pairs), args.max_eval_pairs)))
+        val_pairs = val_pairs.select(sample_indices(val_pairs["source"], args.max_eval_pairs, args.seed))
         val_loader = DataLoader(val_pairs, batch_size=args.per_device_train_batch_size, collate_fn=collate)
 
     # [shared: trackers]
@@ -436,33 +513,38 @@ def main(argv: list[str] | None = None):
         if val_loader is None:
             return
         with accelerator.autocast():  # the same precision as the training forward
-            metrics = evaluate(accelerator.unwrap_model(model), val_loader, accelerator.device, frozen_en)
+            metrics = evaluate(accelerator.unwrap_model(model), val_loader, accelerator.device, frozen_en,
+                               sources=val_pairs["source"])
         write_log({f"eval/{k}": v for k, v in metrics.items()}, step)
-        logger.info("step %d eval: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        overall = {k: v for k, v in metrics.items() if "/" not in k}
+        logger.info("step %d eval: %s", step, " ".join(f"{k}={v:.4f}" for k, v in overall.items()))
 
     def save(step: int) -> None:
         extra_files = {}
         if mixture is not None:  # the learned layer weights, readable without loading anything
             extra_files["layer_weights.json"] = json.dumps(dict(zip(map(str, layers), layer_weights())), indent=2)
         save_checkpoint(accelerator, model, tokenizer, args.output_dir, step, asdict(args),
-                        args.save_total_limit, submodule="lm", extra_files=extra_files)
+                        args.save_total_limit, submodule="lm", extra_files=extra_files,
+                        save_state_limit=args.save_state_limit)
 
     # Loop
     if start_step == 0:
         log_eval(0)
     model.train()
     progress = tqdm(range(max_steps), initial=start_step, disable=not accelerator.is_main_process, desc="stage 1")
-    window = {"cl_loss": [], "lm_loss": []}
+    window = {"cl_loss": [], "lm_loss": [], "dup_masked": []}
     t0 = time.perf_counter()
     step = start_step
     for batches in zip(*streams):
         if step >= max_steps:
             break
         batch = {k: v.to(accelerator.device) for k, v in batches[0].items()}
+        pair_keys = batch.pop("pair_keys")
         lm_batch = batches[1]["input_ids"].to(accelerator.device) if len(batches) > 1 else None
         ko, en, lm_loss = model(**batch, english_encoder=frozen_en, lm_input_ids=lm_batch)
         loss, cl_loss, lm_loss = step_losses(ko, en, lm_loss, temperature=args.temperature, symmetric=args.symmetric,
-                                             cl_weight=args.cl_weight, lm_weight=args.lm_weight)
+                                             cl_weight=args.cl_weight, lm_weight=args.lm_weight,
+                                             pair_keys=pair_keys if args.mask_duplicates else None)
         # [shared: optimizer step]
         accelerator.backward(loss)
         if args.max_grad_norm > 0:
@@ -474,6 +556,8 @@ def main(argv: list[str] | None = None):
         progress.update(1)
         # [/shared]
         window["cl_loss"].append(cl_loss.detach())
+        all_keys = gather(pair_keys)  # the same count on every process: the cells of the global batch
+        window["dup_masked"].append(duplicate_mask(all_keys, all_keys).sum().float())
         if lm_loss is not None:
             window["lm_loss"].append(lm_loss.detach())
 
@@ -488,7 +572,7 @@ def main(argv: list[str] | None = None):
             write_log(logs, step)
             progress.set_postfix(cl_loss=f"{logs['cl_loss']:.4f}")
             logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
-            window = {"cl_loss": [], "lm_loss": []}
+            window = {k: [] for k in window}
             t0 = time.perf_counter()
         # [shared: pacing]
         if step % args.eval_steps == 0 or step == max_steps:
@@ -501,6 +585,7 @@ def main(argv: list[str] | None = None):
     # [shared: finish]
     progress.close()
     accelerator.end_training()
+    lock.release()
     if accelerator.is_main_process:
         logger.info("done: %s", Path(args.output_dir) / f"checkpoint-{step}")
     # [/shared]
@@ -508,4 +593,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

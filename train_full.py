@@ -31,11 +31,20 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, get_scheduler
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, get_scheduler
 
 from common.args import parse_arguments
-from common.checkpoint import find_checkpoint, save_checkpoint
+from common.checkpoint import (
+    check_resume,
+    claim_output_dir,
+    load_resume_state,
+    output_dir_refusal,
+    register_weights_in_export,
+    save_checkpoint,
+)
+from common.cli import run_main
 from common.data import (
+    DataError,
     LengthGroupedBatchSampler,
     ShardedBatches,
     dataset_from_rows,
@@ -88,8 +97,9 @@ class Arguments:
     output_dir: str = field(default="runs/full", metadata={"help": (
         "Where checkpoint-{step} folders, log.jsonl and TensorBoard logs go."
     )})
-    block_size: int = field(default=1024, metadata={"help": (
-        "Tokens per packed block (and the truncation length of instruction examples; the demo: 64)."
+    block_size: int | None = field(default=None, metadata={"help": (
+        "Tokens per packed block (and the truncation length of instruction examples). Unset: 1024, or the model's "
+        "context if shorter (the demo: 64)."
     )})
     per_device_train_batch_size: int = field(default=8, metadata={"help": (
         "Text blocks per process per step (Korean and English together)."
@@ -130,6 +140,16 @@ class Arguments:
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": (
         "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."
     )})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": (
+        "Start over in an --output_dir that holds checkpoints of an earlier run: its checkpoints and logs are"
+        " removed first. Without it such a folder is refused, unless --resume_from_checkpoint continues that "
+        "run."
+    )})
+    save_state_limit: int = field(default=1, metadata={"help": (
+        "Only the newest N checkpoints keep their resume state (optimizer, scheduler, RNG); 0 keeps it in "
+        "all. Every checkpoint keeps its model export, in the dtype of the trained weights: fp32 under --bf16"
+        " autocast (fp32 master weights), bf16 under a DeepSpeed bf16 config."
+    )})
     report_to: str = field(default="tensorboard", metadata={"help": (
         "accelerate tracker: 'tensorboard', 'wandb', ..., or 'none'."
     )})
@@ -162,6 +182,17 @@ def main(argv: list[str] | None = None):
                          f"(no argument at all runs the embedded demo, {DEMO_CONFIG})")
     if not 0 <= args.ko_ratio <= 1:
         raise ValueError(f"--ko_ratio must be in [0, 1], got {args.ko_ratio}")
+    if args.block_size is None:
+        args.block_size = min(1024, AutoConfig.from_pretrained(args.model_name_or_path).max_position_embeddings)
+    # [shared: output dir]
+    # Before anything is loaded: refuse a folder that holds another run, and a resume that would change the run.
+    refusal = output_dir_refusal(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    if refusal:
+        raise FileExistsError(refusal)
+    resume_from = None
+    if args.resume_from_checkpoint:
+        resume_from = check_resume(args.resume_from_checkpoint, args.output_dir, asdict(args))
+    # [/shared]
     n_ko = args.per_device_train_batch_size
     if args.en_train_file:
         n_ko = round(args.ko_ratio * args.per_device_train_batch_size)
@@ -201,6 +232,17 @@ def main(argv: list[str] | None = None):
             sft = dataset_from_rows(iter_instructions, args.instruction_file, empty="no instructions").map(
                 lambda r: tokenize_instruction(tokenizer, r["prompt"], r["response"], args.block_size),
                 remove_columns=["prompt", "response"], desc="tokenizing instructions")
+            # An example whose prompt fills the block keeps no response token: its loss would be 0 / 0,
+            # and a batch of such rows a NaN that poisons every weight. Such rows are left out, and counted.
+            n_rows = len(sft)
+            sft = sft.filter(lambda r: any(label != -100 for label in r["labels"][1:]), desc="dropping empty rows")
+            if len(sft) < n_rows:
+                logger.warning("%s: %d of %d instruction examples have no response token within --block_size %d "
+                               "(the prompt fills the block); they are left out", args.instruction_file,
+                               n_rows - len(sft), n_rows, args.block_size)
+            if len(sft) == 0:
+                raise DataError(f"{args.instruction_file}: no instruction example has a response token within "
+                                f"--block_size {args.block_size}")
         val_sets = {lang: load_text_blocks(path, tokenizer, args.block_size, context)
                     for lang, path in (("ko", args.validation_file), ("en", args.en_validation_file)) if path}
     streams = {}  # name -> (dataset, sampler, collate_fn)
@@ -228,15 +270,18 @@ def main(argv: list[str] | None = None):
     configure_deepspeed(accelerator, args.per_device_train_batch_size, args.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    register_weights_in_export(accelerator, submodule="lm")  # the resume state does not repeat the weights
 
     # [shared: resume]
     # Resume: weights, optimizer, scheduler and RNG from the checkpoint; the data position from the
-    # step alone, because the batch plan depends only on (seed, epoch).
+    # step alone, because the batch plan depends only on (seed, epoch). Then the folder is this run's.
     start_step = 0
-    if args.resume_from_checkpoint:
-        ckpt, start_step = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
-        accelerator.load_state(str(ckpt / "accelerate_state"))
+    if resume_from is not None:
+        ckpt, start_step = resume_from
+        load_resume_state(accelerator, ckpt)
         logger.info("resumed from %s at step %d", ckpt, start_step)
+    lock = claim_output_dir(accelerator, args.output_dir, args.overwrite_output_dir,
+                            start_step if resume_from is not None else None)
     # [/shared]
 
     loaders = {name: DataLoader(ds, batch_sampler=ShardedBatches(sampler, start_step, rank, world), collate_fn=collate,
@@ -276,7 +321,7 @@ def main(argv: list[str] | None = None):
 
     def save(step: int) -> None:
         save_checkpoint(accelerator, model, tokenizer, args.output_dir, step, asdict(args), args.save_total_limit,
-                        submodule="lm")
+                        submodule="lm", save_state_limit=args.save_state_limit)
 
     if start_step == 0:
         log_eval(0)
@@ -328,6 +373,7 @@ def main(argv: list[str] | None = None):
     # [shared: finish]
     progress.close()
     accelerator.end_training()
+    lock.release()
     if accelerator.is_main_process:
         logger.info("done: %s", Path(args.output_dir) / f"checkpoint-{step}")
     # [/shared]
@@ -335,4 +381,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -28,10 +28,18 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from common.args import parse_arguments
-from common.checkpoint import find_checkpoint, save_checkpoint
+from common.checkpoint import (
+    check_resume,
+    claim_output_dir,
+    load_resume_state,
+    output_dir_refusal,
+    register_weights_in_export,
+    save_checkpoint,
+)
+from common.cli import run_main
 from common.data import LengthGroupedBatchSampler, ShardedBatches, load_text_blocks
 from common.demo import demo_config
 from common.distributed import configure_deepspeed, process_group_kwargs
@@ -60,7 +68,9 @@ class Arguments:
     output_dir: str = field(default="runs/lm_head", metadata={"help": (
         "Where checkpoint-{step} folders, log.jsonl and TensorBoard logs go."
     )})
-    block_size: int = field(default=1024, metadata={"help": "Tokens per packed training block (the demo: 64)."})
+    block_size: int | None = field(default=None, metadata={"help": (
+        "Tokens per packed training block. Unset: 1024, or the model's context if shorter (the demo: 64)."
+    )})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Blocks per process per step."})
     learning_rate: float = field(default=1e-4, metadata={"help": (
         "Peak learning rate of the head (the demo's random model uses 1e-3)."
@@ -93,6 +103,16 @@ class Arguments:
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": (
         "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."
     )})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": (
+        "Start over in an --output_dir that holds checkpoints of an earlier run: its checkpoints and logs are"
+        " removed first. Without it such a folder is refused, unless --resume_from_checkpoint continues that "
+        "run."
+    )})
+    save_state_limit: int = field(default=1, metadata={"help": (
+        "Only the newest N checkpoints keep their resume state (optimizer, scheduler, RNG); 0 keeps it in "
+        "all. Every checkpoint keeps its model export, in the dtype of the trained weights: fp32 under --bf16"
+        " autocast (fp32 master weights), bf16 under a DeepSpeed bf16 config."
+    )})
     report_to: str = field(default="tensorboard", metadata={"help": (
         "accelerate tracker: 'tensorboard', 'wandb', ..., or 'none'."
     )})
@@ -106,6 +126,17 @@ def main(argv: list[str] | None = None):
     if not args.model_name_or_path or not args.train_file:
         raise ValueError("give --model_name_or_path and --train_file, or a config file "
                          f"(no argument at all runs the embedded demo, {DEMO_CONFIG})")
+    if args.block_size is None:
+        args.block_size = min(1024, AutoConfig.from_pretrained(args.model_name_or_path).max_position_embeddings)
+    # [shared: output dir]
+    # Before anything is loaded: refuse a folder that holds another run, and a resume that would change the run.
+    refusal = output_dir_refusal(args.output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
+    if refusal:
+        raise FileExistsError(refusal)
+    resume_from = None
+    if args.resume_from_checkpoint:
+        resume_from = check_resume(args.resume_from_checkpoint, args.output_dir, asdict(args))
+    # [/shared]
 
     accelerator = Accelerator(
         mixed_precision="bf16" if args.bf16 else None,
@@ -149,15 +180,18 @@ def main(argv: list[str] | None = None):
     configure_deepspeed(accelerator, args.per_device_train_batch_size, args.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    register_weights_in_export(accelerator)  # the resume state does not repeat the weights
 
     # [shared: resume]
     # Resume: weights, optimizer, scheduler and RNG from the checkpoint; the data position from the
-    # step alone, because the batch plan depends only on (seed, epoch).
+    # step alone, because the batch plan depends only on (seed, epoch). Then the folder is this run's.
     start_step = 0
-    if args.resume_from_checkpoint:
-        ckpt, start_step = find_checkpoint(args.resume_from_checkpoint, args.output_dir)
-        accelerator.load_state(str(ckpt / "accelerate_state"))
+    if resume_from is not None:
+        ckpt, start_step = resume_from
+        load_resume_state(accelerator, ckpt)
         logger.info("resumed from %s at step %d", ckpt, start_step)
+    lock = claim_output_dir(accelerator, args.output_dir, args.overwrite_output_dir,
+                            start_step if resume_from is not None else None)
     # [/shared]
 
     train_blocks = train_blocks.with_format("torch")
@@ -196,7 +230,8 @@ def main(argv: list[str] | None = None):
             logger.info("step %d eval: %s", step, " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
     def save(step: int) -> None:
-        save_checkpoint(accelerator, model, tokenizer, args.output_dir, step, asdict(args), args.save_total_limit)
+        save_checkpoint(accelerator, model, tokenizer, args.output_dir, step, asdict(args), args.save_total_limit,
+                        save_state_limit=args.save_state_limit)
 
     if start_step == 0:
         log_eval(0)
@@ -242,6 +277,7 @@ def main(argv: list[str] | None = None):
     # [shared: finish]
     progress.close()
     accelerator.end_training()
+    lock.release()
     if accelerator.is_main_process:
         logger.info("done: %s", Path(args.output_dir) / f"checkpoint-{step}")
     # [/shared]
@@ -249,4 +285,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

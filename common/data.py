@@ -5,6 +5,7 @@ Batches are planned as GLOBAL batches (all processes together) by a sampler that
 whatever the number of processes, and resuming at step k only needs k, not a saved sampler state.
 """
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -187,11 +188,19 @@ class ShardedBatches:
             yield batch[self.rank * b : (self.rank + 1) * b]
 
 
+def text_key(ids: Sequence[int]) -> int:
+    """A 63-bit identity of a token sequence: equal sequences have equal keys, different ones collide
+    with probability about 1e-19 per pair. Used to find duplicate sentences in a batch."""
+    digest = hashlib.blake2b(np.asarray(ids, dtype=np.int64).tobytes(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 class ParallelCollator:
     """Collate tokenized pairs ``{"ko_ids", "en_ids"}`` into padded tensors, each side padded to its own
     longest sequence (dynamic padding), optionally to a multiple of 8 for tensor cores.
 
-    Returns ``ko_input_ids``, ``ko_attention_mask``, ``en_input_ids``, ``en_attention_mask`` (B, T_side).
+    Returns ``ko_input_ids``, ``ko_attention_mask``, ``en_input_ids``, ``en_attention_mask`` (B, T_side),
+    and, when the rows carry ``ko_key`` and ``en_key`` (``text_key`` of each side), ``pair_keys`` (B, 2).
     """
 
     def __init__(self, tokenizer, pad_to_multiple_of: int | None = None):
@@ -207,6 +216,8 @@ class ParallelCollator:
             )
             out[f"{side}_input_ids"] = padded["input_ids"]
             out[f"{side}_attention_mask"] = padded["attention_mask"]
+        if rows and "ko_key" in rows[0]:
+            out["pair_keys"] = torch.tensor([[r["ko_key"], r["en_key"]] for r in rows], dtype=torch.long)
         return out
 
 
@@ -281,3 +292,45 @@ def tokenize_instruction(tokenizer, prompt: str, response: str, max_length: int)
     input_ids = (prompt_ids + response_ids)[:max_length]
     labels = ([-100] * len(prompt_ids) + response_ids)[:max_length]
     return {"input_ids": input_ids, "labels": labels}
+
+
+def sample_indices(sources: Sequence[str], n: int, seed: int) -> list[int]:
+    """A seeded random sample of ``min(n, len(sources))`` row indices over the whole file, stratified by source;
+    sorted. ``sources[i]`` is row i's source.
+
+    Allocation is proportional: source s of size N_s gets floor(n N_s / N), and the rows still missing go
+    one each to the largest remainders (n N_s mod N; ties to the larger source, then the smaller name).
+    When n is at least the number of sources, a source left at 0 then takes one row from the source whose
+    count most exceeds its exact share n N_s / N (among those with 2 or more; ties to the larger source),
+    so every source is seen.
+    Within a source, the rows are the first of that source in one permutation of all N rows seeded by
+    ``seed``, so the sample depends only on (sources, n, seed).
+    """
+    total = len(sources)
+    if n < 0:
+        raise ValueError(f"sample size must be >= 0, got {n}")
+    if n >= total:
+        return list(range(total))
+    sizes: dict[str, int] = {}
+    for s in sources:
+        sizes[s] = sizes.get(s, 0) + 1
+    names = sorted(sizes)
+    count = {s: n * sizes[s] // total for s in names}
+    by_remainder = sorted(names, key=lambda s: (-(n * sizes[s] % total), -sizes[s], s))
+    for s in by_remainder[: n - sum(count.values())]:
+        count[s] += 1
+    if n >= len(names):
+        for s in names:
+            if count[s] == 0:  # the excess over the exact share, compared as n N_s - count N
+                donor = max((d for d in names if count[d] >= 2),
+                            key=lambda d: (count[d] * total - n * sizes[d], sizes[d], d))
+                count[donor] -= 1
+                count[s] = 1
+    taken = dict.fromkeys(names, 0)
+    chosen = []
+    for i in np.random.default_rng(seed).permutation(total).tolist():
+        s = sources[i]
+        if taken[s] < count[s]:
+            taken[s] += 1
+            chosen.append(i)
+    return sorted(chosen)

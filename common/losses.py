@@ -32,11 +32,37 @@ def gather_with_grad(x: Tensor) -> Tensor:
     return wait_tensor(all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD))
 
 
+def gather(x: Tensor) -> Tensor:
+    """Concatenate ``x`` from every process along dim 0, without gradient (e.g. integer keys)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    out = x.new_empty((dist.get_world_size() * x.shape[0], *x.shape[1:]))
+    dist.all_gather_into_tensor(out, x.contiguous())
+    return out
+
+
+def duplicate_mask(anchor_keys: Tensor, candidate_keys: Tensor, offset: int = 0) -> Tensor:
+    """(B, G) bool: the cells of the logit matrix that are false negatives and must not count.
+
+    ``anchor_keys`` (B, 2) are this process's rows, ``candidate_keys`` (G, 2) the gathered global batch;
+    column 0 identifies a row's Korean text and column 1 its English text (e.g. a hash of the token
+    ids). Cell (i, j), j != offset + i, is masked when row j shares either text with row i: its
+    candidate is then a translation of anchor i too (the same English sentence, or another
+    translation of the same Korean one), and counting it as a negative would push the anchor away
+    from a correct translation. The relation is symmetric, so one mask serves both directions.
+    """
+    same = (anchor_keys[:, None, :] == candidate_keys[None, :, :]).any(dim=-1)
+    own = torch.arange(anchor_keys.shape[0], device=same.device) + offset
+    same[torch.arange(anchor_keys.shape[0], device=same.device), own] = False
+    return same
+
+
 def info_nce(
     anchors: Tensor,
     candidates: Tensor,
     temperature: float = 0.05,
     symmetric: bool = True,
+    pair_keys: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE between parallel rows of ``anchors`` and ``candidates``, in-batch negatives from all processes.
 
@@ -57,6 +83,10 @@ def info_nce(
 
     The candidates may carry no gradient (a frozen English encoder): the loss then trains the
     anchor side only, through both directions when symmetric.
+
+    ``pair_keys`` (B, 2) int64, this process's rows (Korean text id, English text id): cells whose
+    candidate shares a text with the anchor's pair are left out of the softmax denominator
+    (``duplicate_mask``; the keys are gathered from all processes, so 2 processes still equal 1).
     """
     if anchors.shape != candidates.shape or anchors.dim() != 2:
         raise ValueError(f"anchors and candidates must both be (B, D); "
@@ -67,9 +97,17 @@ def info_nce(
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     labels = torch.arange(batch, device=a.device) + rank * batch
 
-    all_c = gather_with_grad(c)
-    loss = F.cross_entropy(a @ all_c.T / temperature, labels)
+    mask = None
+    if pair_keys is not None:
+        mask = duplicate_mask(pair_keys, gather(pair_keys), offset=rank * batch)
+
+    def one_way(x: Tensor, all_y: Tensor) -> Tensor:
+        logits = x @ all_y.T / temperature
+        if mask is not None:
+            logits = logits.masked_fill(mask, float("-inf"))
+        return F.cross_entropy(logits, labels)
+
+    loss = one_way(a, gather_with_grad(c))
     if symmetric:
-        all_a = gather_with_grad(a)
-        loss = (loss + F.cross_entropy(c @ all_a.T / temperature, labels)) / 2
+        loss = (loss + one_way(c, gather_with_grad(a))) / 2
     return loss

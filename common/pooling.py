@@ -10,6 +10,7 @@ causal LM; ``decoder_hidden_states`` is its truncated form for the Llama family,
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.masking_utils import create_causal_mask
 
@@ -48,13 +49,17 @@ class LayerMixture(nn.Module):
     """A trainable softmax-weighted mixture of the pooled vectors of several layers.
 
     With logits z_k for layers ``layers[k]`` and temperature t, weights w = softmax(z / t) sum to 1,
-    and the mixed vector is sum_k w_k * v_k for per-layer pooled vectors v_k (B, D). The logits start
-    at 0 (uniform weights). A temperature below 1 sharpens the softmax, so the same logit change
-    separates the weights more; give the logits their own learning rate as well, since at a model's
-    learning rate (1e-5) they barely move.
+    and the mixed vector is sum_k w_k * v_k / |v_k| for per-layer pooled vectors v_k (B, D): each layer's
+    vector is L2-normalised first, so w_k is layer k's share of the mixture (its importance). The
+    residual stream's norm grows with depth; without the normalisation (``normalize=False``, the
+    research's original mixture) layer k contributes w_k * |v_k|, and near-uniform weights can hide a
+    mixture dominated by the deepest layers (``shares`` gives the effective contribution either way).
+    The logits start at 0 (uniform weights). A temperature below 1 sharpens the softmax, so the same
+    logit change separates the weights more; give the logits their own learning rate as well, since at
+    a model's learning rate (1e-5) they barely move.
     """
 
-    def __init__(self, layers: Sequence[int], temperature: float = 1.0):
+    def __init__(self, layers: Sequence[int], temperature: float = 1.0, normalize: bool = True):
         super().__init__()
         if not layers:
             raise ValueError("LayerMixture needs at least one layer")
@@ -62,6 +67,7 @@ class LayerMixture(nn.Module):
             raise ValueError(f"mixture temperature must be > 0, got {temperature}")
         self.layers = list(layers)
         self.temperature = temperature
+        self.normalize = normalize
         self.logits = nn.Parameter(torch.zeros(len(self.layers)))
 
     def weights(self) -> Tensor:
@@ -69,8 +75,20 @@ class LayerMixture(nn.Module):
 
     def forward(self, pooled: Tensor) -> Tensor:
         """``pooled`` (K, B, D), one slice per layer in ``self.layers`` order -> (B, D)."""
+        if self.normalize:
+            pooled = F.normalize(pooled, dim=-1)
         w = self.weights().to(pooled.dtype)
         return torch.einsum("k,kbd->bd", w, pooled)
+
+    @torch.no_grad()
+    def shares(self, pooled: Tensor) -> Tensor:
+        """(K,): each layer's mean share of the mixed vector, w_k |v_k| / sum_j w_j |v_j| averaged over
+        the B sentences of ``pooled`` (K, B, D). Equal to the weights when the layers are normalised."""
+        norms = pooled.float().norm(dim=-1)  # (K, B)
+        if self.normalize:
+            norms = torch.ones_like(norms)
+        part = self.weights().float()[:, None] * norms
+        return (part / part.sum(dim=0, keepdim=True)).mean(dim=1)
 
 
 def decoder_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,

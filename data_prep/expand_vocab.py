@@ -15,7 +15,12 @@ Steps:
    archives) and cleaned the same way. A share of the
    documents (``--heldout_ratio``, by a hash of the text) is held out for the figures below.
 2. A Korean SentencePiece model (BPE like Llama's, identity normalisation, digits split) of
-   ``--ko_vocab_size`` pieces is trained on the rest (``ko_sp.model`` in the output).
+   ``--ko_vocab_size`` pieces is trained on the rest (``ko_sp.model`` in the output). A corpus that is
+   not mostly Korean is refused before anything is written: when fewer than ``--min_hangul_piece_share``
+   (default 0.5) of the Korean model's pieces contain Hangul, or no piece would be added, the run stops
+   with the numbers. (Kowiki and konlpy's texts give 68-94% at 3,000-16,000 pieces; English Wikipedia
+   with a few Korean words in it gives 3 of 2,997. Only pieces with Hangul are added, so the share of
+   the added pieces is always 100%: the share of the model's pieces is what tells the corpora apart.)
 3. Merge at the ModelProto level: the Korean pieces that contain Hangul and that the base lacks are
    appended as NORMAL pieces after the base pieces, so every base id keeps its piece, and the base's
    normaliser, byte fallback and special tokens stay. Only Hangul pieces: text without Hangul (English,
@@ -54,6 +59,7 @@ from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 from tqdm.auto import tqdm
 
 from common.args import parse_arguments
+from common.cli import run_main
 from common.data import DataError
 from data_prep.sources import DEFAULT_EXCLUDE, has_hangul, iter_clean_documents
 
@@ -98,6 +104,9 @@ class Arguments:
         "help": "English text on which to check that ids are unchanged (all its lines)."})
     max_check_lines: int = field(default=0, metadata={
         "help": "Check at most this many lines of each language; 0: all."})
+    min_hangul_piece_share: float = field(default=0.5, metadata={
+        "help": "Refuse the corpus when fewer than this share of the Korean model's pieces contain Hangul (an "
+                "English or mixed corpus adds few or no useful pieces); 0 turns the check off."})
     num_threads: int = field(default=2, metadata={"help": "SentencePiece trainer threads."})
     seed: int = field(default=42, metadata={"help": "SentencePiece sampling seed."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an existing --output_dir."})
@@ -261,6 +270,25 @@ def resize_model(model, sp_split: spm.SentencePieceProcessor, new_pieces: list[s
     return splits
 
 
+def check_korean_model(ko: sp_pb2.ModelProto, new_pieces: list[str], args: Arguments, documents: dict,
+                       lines: int) -> None:
+    """Refuse a corpus that is not mostly Korean (see the module docstring, step 2), with the numbers."""
+    normal = [p.piece for p in ko.pieces if p.type == sp_pb2.ModelProto.SentencePiece.NORMAL]
+    hangul = sum(has_hangul(p) for p in normal)
+    share = hangul / max(len(normal), 1)
+    if share >= args.min_hangul_piece_share and new_pieces:
+        return
+    why = (f"only {hangul} of the Korean SentencePiece model's {len(normal)} pieces ({share:.1%}) contain Hangul, "
+           f"below --min_hangul_piece_share {args.min_hangul_piece_share}" if new_pieces
+           else f"the base tokenizer already has every one of the Korean model's {hangul} pieces with Hangul")
+    raise DataError(f"--ko_corpus {' '.join(args.ko_corpus)}: not a Korean corpus for expanding the vocabulary: "
+                    f"{why}, so {len(new_pieces)} piece(s) would be added ({documents['with_hangul']} of "
+                    f"{documents['read']} documents hold Hangul; {lines} training lines). Give Korean text as "
+                    "--ko_corpus (e.g. prepare_mono.py --lang ko output)"
+                    + (", or lower --min_hangul_piece_share for a corpus mixed on purpose" if new_pieces else
+                       ", or a larger --ko_vocab_size"))
+
+
 def check_args(args: Arguments) -> None:
     if not args.base_tokenizer or not args.ko_corpus:
         raise ValueError("give --base_tokenizer and --ko_corpus")
@@ -268,6 +296,8 @@ def check_args(args: Arguments) -> None:
         raise ValueError(f"--new_piece_scores must be below or above, got {args.new_piece_scores!r}")
     if not 0 <= args.heldout_ratio < 1:
         raise ValueError("--heldout_ratio must be in [0, 1)")
+    if not 0 <= args.min_hangul_piece_share <= 1:
+        raise ValueError(f"--min_hangul_piece_share must be in [0, 1], got {args.min_hangul_piece_share}")
     if os.path.exists(args.output_dir) and not args.overwrite_output_dir:
         raise FileExistsError(f"{args.output_dir} exists; pass --overwrite_output_dir to replace it")
 
@@ -282,10 +312,13 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. Korean text: training lines and held-out lines
     train_lines, heldout = [], []
     threshold = round(args.heldout_ratio * 1_000_000)
+    documents = {"read": 0, "with_hangul": 0}
     with ExitStack() as stack:
         for _, text, _, _ in iter_clean_documents(args.ko_corpus, stack, exclude=DEFAULT_EXCLUDE):
+            documents["read"] += 1
             if not has_hangul(text):
                 continue
+            documents["with_hangul"] += 1
             bucket = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") % 1_000_000
             (heldout if bucket < threshold else train_lines).extend(lines_of(text))
     if not train_lines:
@@ -302,6 +335,7 @@ def main(argv: list[str] | None = None) -> dict:
     merged, new_pieces = merge(base, ko, args.new_piece_scores)
     print(f"Korean model: {len(ko.pieces)} pieces; {len(new_pieces)} new pieces with Hangul added to the base's "
           f"{len(base.pieces)}")
+    check_korean_model(ko, new_pieces, args, documents, len(train_lines))
 
     final = Path(args.output_dir)
     tmp = final.with_name(final.name + ".tmp")
@@ -357,4 +391,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

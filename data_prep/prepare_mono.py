@@ -40,6 +40,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from common.args import parse_arguments
+from common.cli import run_main
 from common.data import load_text_blocks
 from data_prep.sources import DEFAULT_EXCLUDE, hangul_share, iter_clean_documents
 
@@ -186,4 +187,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

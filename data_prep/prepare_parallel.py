@@ -13,6 +13,10 @@ Usage (from the repository root):
     python -m data_prep.prepare_parallel --inputs corpus.jsonl --ko_field korean_text --en_field english_text ...
     python -m data_prep.prepare_parallel parallel.yaml --output_dir runs/data/parallel2  # a config file + overrides
 
+Bad input (a file that cannot be read, an input without any parallel pair, an empty validation split
+that was asked for) ends the run with one line, ``prepare_parallel.py: error: ...`` naming the file and
+line where there is one, and exit status 2 (``KOEN_ALIGN_DEBUG=1`` shows the traceback).
+
 ``--inputs`` takes files, folders, zip and tar archives in any mix (``NAME=PATH`` names the source;
 default: the input's name without extension). Inside, each file is recognised by its content:
 - xlsx (한국어-영어 번역(병렬) 말뭉치): every sheet, header row, ``원문`` Korean, ``번역문`` English;
@@ -30,7 +34,10 @@ Zip members with cp949 names (no UTF-8 flag) are decoded right; nested zips are 
 archives are unpacked to a temporary folder. Byte-identical files (AI-Hub's label and source copies)
 are read once. Files that are none of the above (README, licences, .labels, ...) are skipped and
 listed in stats.json; an unreadable file or unrecognised fields in a .xlsx/.csv/.json/.jsonl stop the
-run with the file, the line or row, and the fields found (``--exclude`` leaves files out).
+run with the file, the line or row, and the fields found (``--exclude`` leaves files out). An input
+that yields no pair (no file recognised, no rows, or every row removed by the filters) stops the run
+with its name and the counts; an input whose files are all byte-identical copies of files already
+read is not an error (listed under ``duplicate_files``).
 
 Processing: NFC, control and invisible characters removed, whitespace collapsed; then, in this order,
 a pair is removed (and counted) for: a missing field (``malformed_row``), an empty side
@@ -43,8 +50,19 @@ are then removed (``duplicate``), and a training pair that also occurs in valida
 training (``in_validation``). Split: a file whose path names its split (train/training/TL_/TS_/훈련/학습;
 valid/validation/val/dev/test/VL_/VS_/검증) keeps it; otherwise a hash of the cleaned pair decides
 (``--validation_ratio``), so reruns, reordered inputs and added data keep every pair on the same side.
+With ``--validation_ratio`` above 0, a run whose validation split comes out empty (too few pairs for
+the ratio, or only files named as training) is an error that gives the numbers; ``--validation_ratio
+0`` writes training pairs only (and an empty validation.jsonl) on purpose.
+
+Repeated sides: stats.json's ``repeats`` gives, per split, over the pairs written, how many repeat a
+Korean side (``ko``), an English side (``en``) or the whole pair (``pair``) already seen in that split:
+the count of rows whose side was seen before, so ``pairs - ko`` distinct Korean sides. Two pairs that
+share a side are false negatives of each other when they meet in one in-batch contrastive batch.
+``pair`` is 0 (exact duplicates are removed; ``pair_removed`` says how many).
+
 Memory: one record at a time plus 8 bytes a kept pair (the duplicate check runs on 64-bit hashes in a
-second pass over temporary files); xlsx files are read in read-only mode.
+second pass over temporary files; the repeated-side counts add 16 bytes a pair of the split being
+written); xlsx files are read in read-only mode.
 """
 
 import csv
@@ -58,13 +76,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
-from itertools import chain
+from itertools import chain, groupby
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from common.args import parse_arguments
+from common.cli import run_main
 from common.data import DataError, parse_json_line
 from data_prep.sources import (
     Entry,
@@ -197,6 +216,18 @@ def language_key(entry: Entry) -> tuple[str, tuple] | None:
         return None
     rest = tuple(t for j, t in enumerate(tokens) if j != i and t not in ROLE_TOKENS)
     return lang, (entry.parts[:-1], rest)
+
+
+def aligned_hint(entry: Entry | None) -> str:
+    """For an unrecognised file: how line-aligned text files are given (a pair, not one --inputs each)."""
+    lang = language_key(entry) if entry is not None else None
+    other = "--en_files" if lang and lang[0] == "ko" else "--ko_files"
+    if lang:
+        return (f"; a line-aligned {'Korean' if lang[0] == 'ko' else 'English'} file is read with its partner: "
+                f"pass them as --ko_files KO_FILE --en_files EN_FILE (here {other} for the other side), or pass "
+                "their folder as --inputs (files named alike but for ko/en are paired)")
+    return ("; line-aligned text files go as --ko_files KO_FILE --en_files EN_FILE (or their folder as --inputs, "
+            "named alike but for ko/en)")
 
 
 def first_line(entry: Entry, encoding: str) -> str:
@@ -409,6 +440,7 @@ class Job:
     entries: list[Entry]
     kind: str  # 'aligned', 'sts', 'file'
     direct: bool = False  # the file was named on the command line (unrecognised -> error, not skip)
+    input: str = ""  # the --inputs / --ko_files+--en_files argument it comes from (named in errors)
 
 
 def source_name(spec: str) -> tuple[str, str]:
@@ -429,10 +461,15 @@ def plan(args: Arguments, stack: ExitStack, stats: dict) -> list[Job]:
         name, ko_path = source_name(ko_spec)
         _, en_path = source_name(en_spec)
         ko, en = next(iter_entries(ko_path, stack)), next(iter_entries(en_path, stack))
-        jobs.append(Job(name, [ko, en], "aligned", True))
+        jobs.append(Job(name, [ko, en], "aligned", True, f"--ko_files {ko_spec} / --en_files {en_spec}"))
     for spec in args.inputs:
         source, path = source_name(spec)
-        entries = [e for e in iter_entries(path, stack) if not any(fnmatch(e.name, p) for p in args.exclude)]
+        found = list(iter_entries(path, stack))
+        entries = [e for e in found if not any(fnmatch(e.name, p) for p in args.exclude)]
+        if not entries:
+            why = f"all {len(found)} file(s) left out by --exclude {args.exclude}" if found else "no files in it"
+            raise DataError(f"{spec}: no parallel pairs: {why}")
+        first_job = len(jobs)
         direct = (len(entries) == 1 and os.path.isfile(path)
                   and lower_ext(path) not in (".zip", ".tar", ".tar.gz", ".tgz"))
         used = set()
@@ -454,6 +491,8 @@ def plan(args: Arguments, stack: ExitStack, stats: dict) -> list[Job]:
                     jobs.append(Job(source, [e, partner], "sts"))
                     used.update({e.name, partner.name})
         jobs.extend(Job(source, [e], "file", direct) for e in entries if e.name not in used)
+        for job in jobs[first_job:]:
+            job.input = spec
     # byte-identical files (or pairs of files) are read once
     seen = {}
     unique = []
@@ -461,6 +500,7 @@ def plan(args: Arguments, stack: ExitStack, stats: dict) -> list[Job]:
         key = tuple(digest_entry(e) for e in job.entries)
         if key in seen:
             stats["duplicate_files"][" + ".join(e.name for e in job.entries)] = f"same bytes as {seen[key]}"
+            stats["duplicates_by_input"][job.input] += 1
             continue
         seen[key] = " + ".join(e.name for e in job.entries)
         unique.append(job)
@@ -544,11 +584,13 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stats = {"sources": defaultdict(new_source_stats), "skipped_files": {}, "duplicate_files": {}}
+    stats = {"sources": defaultdict(new_source_stats), "skipped_files": {}, "duplicate_files": {}, "repeats": {},
+             "duplicates_by_input": defaultdict(int)}
     cand = {s: out / f".{s}.candidates.jsonl" for s in ("train", "validation")}
     hashes = {s: array("Q") for s in cand}
     try:
-        read_all(args, stats, cand, hashes)
+        split_by = read_all(args, stats, cand, hashes)
+        check_validation_split(args, split_by, hashes)
         write_outputs(out, stats, cand, hashes)
     finally:  # a failed run leaves no half-written candidates behind
         for p in cand.values():
@@ -556,53 +598,139 @@ def main(argv: list[str] | None = None) -> dict:
     return finish(args, stats, out, time.perf_counter() - t0)
 
 
-def read_all(args: Arguments, stats: dict, cand: dict, hashes: dict) -> None:
+def check_no_pairs(spec: str, tally: dict) -> None:
+    """An input that yields no pair is a mistake (a wrong folder, an archive of something else, a filter
+    setting that removes everything): stop with its name and what was found in it."""
+    if tally["kept"]:
+        return
+    if tally["rows_read"]:
+        removed = ", ".join(f"{k}={v}" for k, v in sorted(tally["removed"].items(), key=lambda kv: -kv[1]))
+        raise DataError(f"{spec}: no parallel pairs kept: all {tally['rows_read']} rows read were removed by the "
+                        f"filters ({removed}); see --min_chars, --max_chars, --max_length_ratio, "
+                        "--max_en_hangul_share and the field detection (--ko_field/--en_field)")
+    if tally["read"]:
+        raise DataError(f"{spec}: no parallel pairs: the {tally['read']} file(s) recognised "
+                        f"({', '.join(sorted(tally['layouts']))}) hold no rows")
+    skipped = tally["skipped"]
+    raise DataError(f"{spec}: no parallel pairs: none of its {len(skipped)} file(s) is recognised as parallel data "
+                    f"(e.g. {', '.join(skipped[:3])}){aligned_hint(None)}")
+
+
+def check_validation_split(args: Arguments, split_by: dict, hashes: dict) -> None:
+    """An empty validation split, when one was asked for (``--validation_ratio`` > 0), is an error, not
+    a warning: the trainers refuse an empty --validation_file ("no pairs") only when a training run
+    starts, possibly long after this run's summary scrolled away, and a model picked without validation
+    numbers is worse than a rerun of this script with one flag changed. The cases are small or
+    training-only inputs, where the message gives the flag; ``--validation_ratio 0`` says that no
+    validation split is wanted (validation.jsonl is then written empty on purpose)."""
+    if args.validation_ratio == 0 or len(hashes["validation"]) or not len(hashes["train"]):
+        return
+    kept = len(hashes["train"])
+    hashed, named = split_by["hash"], split_by["named_train"]
+    parts = [f"the validation split is empty: {kept} pairs kept, all in train"]
+    fixes = []
+    if hashed:
+        expected = hashed * args.validation_ratio
+        parts.append(f"{hashed} of them split by hash with --validation_ratio {args.validation_ratio} "
+                     f"(about {expected:.2g} expected in validation)")
+        suggest = min(0.5, max(0.05, round(20 / hashed, 2)))
+        fixes.append(f"raise --validation_ratio (e.g. --validation_ratio {suggest}: about "
+                     f"{round(suggest * hashed)} of these {hashed} pairs)")
+    if named:
+        parts.append(f"{named} from files whose path names them as training (e.g. {split_by['named_example']})")
+        fixes.append("add a validation file (a path naming valid/dev/test/VL_/검증), or pass "
+                     "--split_from_names false so that the hash splits them too")
+    raise DataError("; ".join(parts) + ". To get a validation split, " + "; or ".join(fixes)
+                    + ". To go without one, pass --validation_ratio 0 (training pairs only).")
+
+
+def new_input_tally() -> dict:
+    return {"read": 0, "layouts": set(), "rows_read": 0, "kept": 0, "removed": defaultdict(int), "skipped": []}
+
+
+def read_all(args: Arguments, stats: dict, cand: dict, hashes: dict) -> dict:
     """First pass: every row read, cleaned and filtered; kept pairs appended to the candidate file of
-    their split, their identity hash to ``hashes``."""
+    their split, their identity hash to ``hashes``. An input that yields no pair stops the run as soon
+    as it is read. Returns how the kept pairs were split: ``hash`` (by ``--validation_ratio``),
+    ``named_train`` (by a training file name) and ``named_example`` (one such file)."""
     threshold = round(args.validation_ratio * 1_000_000)
-    progress = tqdm(desc="pairs", unit=" pairs", mininterval=1.0)
+    split_by = {"hash": 0, "named_train": 0, "named_example": None}
+    # a context manager: a run stopped by bad input closes the bar before the error line is printed
     with ExitStack() as stack:
+        progress = stack.enter_context(tqdm(desc="pairs", unit=" pairs", mininterval=1.0))
         jobs = plan(args, stack, stats)
         files = {s: stack.enter_context(open(p, "w", encoding="utf-8")) for s, p in cand.items()}
-        for job in jobs:
-            opened = open_job(job, args)
-            if opened is None:
-                if job.direct:
-                    raise DataError(f"{job.entries[0].name}: not recognised as parallel data "
-                                    "(xlsx, csv, tsv, json, jsonl, line-aligned pair)")
-                stats["skipped_files"][job.entries[0].name] = "not parallel data"
-                continue
-            layout, rows = opened
-            st = stats["sources"][job.source]
-            st["files"] += len(job.entries)
-            st["layouts"][layout] += 1
-            own_split = split_from_names(job.entries[0].parts) if args.split_from_names else None
-            for ko, en, where in rows:
-                if where is None:
-                    st["blank_rows"] += 1
-                    continue
-                st["rows_read"] += 1
-                progress.update(1)
-                if ko is None or en is None:
-                    reason = "malformed_row"
-                else:
-                    ko, en = clean_text(ko), clean_text(en)
-                    reason = pair_filter(ko, en, args)
-                if reason:
-                    st["removed"][reason] += 1
-                    if len(st["examples"][reason]) < MAX_EXAMPLES:
-                        st["examples"][reason].append(where)
-                    continue
-                ident, bucket = pair_hash(ko, en)
-                split = own_split or ("validation" if bucket < threshold else "train")
-                files[split].write(json.dumps({"ko": ko, "en": en, "source": job.source}, ensure_ascii=False) + "\n")
-                hashes[split].append(ident)
-    progress.close()
+        for spec, input_jobs in groupby(jobs, key=lambda job: job.input):
+            tally = new_input_tally()
+            for job in input_jobs:
+                read_job(job, args, stats, tally, files, hashes, split_by, threshold, progress)
+            if not stats["duplicates_by_input"][spec]:  # copies of files read before: no error
+                check_no_pairs(spec, tally)
+    return split_by
+
+
+def read_job(job: Job, args: Arguments, stats: dict, tally: dict, files: dict, hashes: dict, split_by: dict,
+             threshold: int, progress) -> None:
+    opened = open_job(job, args)
+    if opened is None:
+        if job.direct:
+            raise DataError(f"{job.entries[0].name}: not recognised as parallel data "
+                            f"(xlsx, csv, tsv, json, jsonl, line-aligned pair){aligned_hint(job.entries[0])}")
+        stats["skipped_files"][job.entries[0].name] = "not parallel data"
+        tally["skipped"].append(job.entries[0].name)
+        return
+    layout, rows = opened
+    st = stats["sources"][job.source]
+    st["files"] += len(job.entries)
+    st["layouts"][layout] += 1
+    tally["read"] += 1
+    tally["layouts"].add(layout)
+    own_split = split_from_names(job.entries[0].parts) if args.split_from_names else None
+    for ko, en, where in rows:
+        if where is None:
+            st["blank_rows"] += 1
+            continue
+        st["rows_read"] += 1
+        tally["rows_read"] += 1
+        progress.update(1)
+        if ko is None or en is None:
+            reason = "malformed_row"
+        else:
+            ko, en = clean_text(ko), clean_text(en)
+            reason = pair_filter(ko, en, args)
+        if reason:
+            st["removed"][reason] += 1
+            tally["removed"][reason] += 1
+            if len(st["examples"][reason]) < MAX_EXAMPLES:
+                st["examples"][reason].append(where)
+            continue
+        ident, bucket = pair_hash(ko, en)
+        if own_split:
+            split = own_split
+            if split == "train":
+                split_by["named_train"] += 1
+                split_by["named_example"] = split_by["named_example"] or job.entries[0].name
+        else:
+            split = "validation" if bucket < threshold else "train"
+            split_by["hash"] += 1
+        files[split].write(json.dumps({"ko": ko, "en": en, "source": job.source}, ensure_ascii=False) + "\n")
+        hashes[split].append(ident)
+        tally["kept"] += 1
+
+
+def side_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def repeated(values: array) -> int:
+    """Rows whose value was already seen (rows minus distinct values)."""
+    return len(values) - len(np.unique(np.frombuffer(values, dtype=np.uint64))) if len(values) else 0
 
 
 def write_outputs(out: Path, stats: dict, cand: dict, hashes: dict) -> None:
     """Second pass: exact duplicates within a split, and training pairs that are also validation
-    pairs, are dropped; the rest is written under a temporary name and renamed."""
+    pairs, are dropped; the rest is written under a temporary name and renamed. The repeated sides of
+    the written pairs are counted per split (``stats["repeats"]``)."""
     val = np.frombuffer(hashes["validation"], dtype=np.uint64) if len(hashes["validation"]) else np.zeros(0, np.uint64)
     tr = np.frombuffer(hashes["train"], dtype=np.uint64) if len(hashes["train"]) else np.zeros(0, np.uint64)
     keep = {"validation": first_occurrences(val), "train": first_occurrences(tr) & ~np.isin(tr, val)}
@@ -610,16 +738,25 @@ def write_outputs(out: Path, stats: dict, cand: dict, hashes: dict) -> None:
     for split in ("train", "validation"):
         final = out / f"{split}.jsonl"
         tmp = final.with_name(final.name + ".tmp")
+        sides = {"ko": array("Q"), "en": array("Q"), "pair": array("Q")}
+        removed_as_duplicate = 0
         with open(cand[split], encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
             for i, line in enumerate(src):
-                source = json.loads(line)["source"]
+                row = json.loads(line)
+                source = row["source"]
                 if keep[split][i]:
                     dst.write(line)
                     stats["sources"][source][split] += 1
+                    sides["ko"].append(side_hash(row["ko"]))
+                    sides["en"].append(side_hash(row["en"]))
+                    sides["pair"].append(hashes[split][i])
                 else:
                     reason = "in_validation" if split == "train" and in_val[i] else "duplicate"
+                    removed_as_duplicate += reason == "duplicate"
                     stats["sources"][source]["removed"][reason] += 1
         os.replace(tmp, final)
+        stats["repeats"][split] = {"pairs": len(sides["pair"]), **{k: repeated(v) for k, v in sides.items()},
+                                   "pair_removed": removed_as_duplicate}
 
 
 def finish(args: Arguments, stats: dict, out: Path, seconds: float) -> dict:
@@ -635,6 +772,7 @@ def finish(args: Arguments, stats: dict, out: Path, seconds: float) -> dict:
                            "removed": {k: st["removed"][k] for k in FILTERS if st["removed"].get(k)},
                            "examples": dict(st["examples"])}
                     for name, st in stats["sources"].items()},
+        "repeats": stats["repeats"],
         "skipped_files": stats["skipped_files"],
         "duplicate_files": stats["duplicate_files"],
         "seconds": round(seconds, 2),
@@ -661,8 +799,13 @@ def print_summary(report: dict, out: Path) -> None:
               f"e.g. {next(iter(report['skipped_files']))}")
     if report["duplicate_files"]:
         print(f"read once: {len(report['duplicate_files'])} byte-identical file(s)")
+    for split, r in report["repeats"].items():
+        if r["pairs"]:
+            print(f"{split}: of {r['pairs']} pairs, {r['ko']} repeat a Korean side, {r['en']} an English side "
+                  f"already seen ({r['pair_removed']} exact duplicate pairs removed); such pairs are false "
+                  "negatives when they share an in-batch contrastive batch")
     print(f"wrote {out / 'train.jsonl'}, {out / 'validation.jsonl'}, {out / 'stats.json'}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,13 +20,14 @@ import torch.distributed as dist
 from accelerate import Accelerator
 
 import train_contrastive as tc
+from common.data import text_key
 from common.demo import tiny_llama
 from common.pooling import LayerMixture
 
 NUM_LAYERS, VOCAB, BOS, PAD = 4, 96, 1, 3
 # Settings of each variant over these defaults; "mix_temperature" set means a layer mixture.
-DEFAULTS = dict(layers=[2], pooling="mean", frozen=False, mix_temperature=None, temperature=0.05, symmetric=True,
-                cl_weight=1.0, lm_weight=0.0)
+DEFAULTS = dict(layers=[2], pooling="mean", frozen=False, mix_temperature=None, mix_normalize=True, temperature=0.05,
+                symmetric=True, cl_weight=1.0, lm_weight=0.0, dedup=False)
 VARIANTS = {
     "top_layer_unused_head": dict(layers=[NUM_LAYERS]),
     "truncated_middle_layer": dict(layers=[2]),
@@ -34,18 +35,28 @@ VARIANTS = {
     "last_token": dict(layers=[3], pooling="last"),
     "frozen_english": dict(frozen=True),
     "mixture": dict(layers=[1, 2, 3], mix_temperature=0.5),
+    "mixture_unnormalised": dict(layers=[1, 2, 3], mix_temperature=0.5, mix_normalize=False),
+    "frozen_english_mixture": dict(layers=[0, 2, 4], mix_temperature=0.5, frozen=True),
+    "duplicates_masked": dict(dedup=True),
     "one_directional": dict(symmetric=False),
     "lm_loss": dict(lm_weight=0.5),
 }
 
 
 def global_batch(seed: int, n: int = 8):
-    """n pairs of random sentences of different lengths: lists of ids, BOS first."""
+    """n pairs of random sentences of different lengths: lists of ids, BOS first. Pair 5 (on process 1)
+    repeats pair 1's Korean sentence and pair 6 repeats pair 2's English one (process 0): duplicates across
+    processes, which the masked loss must recognise through the gathered keys."""
     g = torch.Generator().manual_seed(seed)
+
     def sentence():
         length = int(torch.randint(3, 11, (1,), generator=g))
         return [BOS] + torch.randint(4, VOCAB, (length,), generator=g).tolist()
-    return [(sentence(), sentence()) for _ in range(n)]
+
+    pairs = [(sentence(), sentence()) for _ in range(n)]
+    pairs[5] = (pairs[1][0], pairs[5][1])
+    pairs[6] = (pairs[6][0], pairs[2][1])
+    return pairs
 
 
 def pad(seqs):
@@ -55,8 +66,9 @@ def pad(seqs):
     return ids, mask
 
 
-def reference_vectors(lm, seqs, layers, pooling, weights):
-    """Plain: one full forward per sentence, output of decoder layer L captured by a hook."""
+def reference_vectors(lm, seqs, layers, pooling, weights, normalize=False):
+    """Plain: one full forward per sentence, output of decoder layer L captured by a hook; with a mixture,
+    each layer's vector L2-normalised first when ``normalize``."""
     captured = {}
     hooks = [lm.model.layers[i].register_forward_hook(lambda m, a, out, i=i: captured.__setitem__(i + 1, out))
              for i in range(NUM_LAYERS)]
@@ -66,19 +78,23 @@ def reference_vectors(lm, seqs, layers, pooling, weights):
         per_layer = []
         for layer in layers:
             h = out.hidden_states[0][0] if layer == 0 else captured[layer][0]
-            per_layer.append(h[1:].mean(dim=0) if pooling == "mean" else h[-1])
+            v = h[1:].mean(dim=0) if pooling == "mean" else h[-1]
+            per_layer.append(v / v.norm() if normalize else v)
         vectors.append(sum(w * v for w, v in zip(weights, per_layer)))
     for h in hooks:
         h.remove()
     return vectors
 
 
-def reference_info_nce(a, c, tau, symmetric):
+def reference_info_nce(a, c, tau, symmetric, pairs=None):
+    """Double loop; with ``pairs``, candidate j != i is left out when it shares a sentence with pair i."""
     def one_way(x, y):
         total = 0.0
         for i in range(len(x)):
-            logits = [torch.nn.functional.cosine_similarity(x[i], y[j], dim=0) / tau for j in range(len(y))]
-            total = total - (logits[i] - torch.logsumexp(torch.stack(logits), dim=0))
+            js = [j for j in range(len(y)) if j == i or pairs is None
+                  or (pairs[j][0] != pairs[i][0] and pairs[j][1] != pairs[i][1])]
+            logits = [torch.nn.functional.cosine_similarity(x[i], y[j], dim=0) / tau for j in js]
+            total = total - (logits[js.index(i)] - torch.logsumexp(torch.stack(logits), dim=0))
         return total / len(x)
     return (one_way(a, c) + one_way(c, a)) / 2 if symmetric else one_way(a, c)
 
@@ -94,7 +110,9 @@ def main(out_path: str) -> None:
         lm.config.use_cache = False
         start = copy.deepcopy(lm)
         frozen = copy.deepcopy(lm).requires_grad_(False).eval() if s["frozen"] else None
-        mixture = LayerMixture(layers, s["mix_temperature"]) if s["mix_temperature"] is not None else None
+        mixture = None
+        if s["mix_temperature"] is not None:
+            mixture = LayerMixture(layers, s["mix_temperature"], normalize=s["mix_normalize"])
         if mixture is not None:
             with torch.no_grad():
                 mixture.logits.copy_(torch.linspace(-1, 1, len(layers)))
@@ -107,11 +125,12 @@ def main(out_path: str) -> None:
         en_ids, en_mask = pad([p[1] for p in local])
         batch = {"ko_input_ids": ko_ids, "ko_attention_mask": ko_mask,
                  "en_input_ids": en_ids, "en_attention_mask": en_mask}
+        keys = torch.tensor([[text_key(p[0]), text_key(p[1])] for p in local]) if s["dedup"] else None
         lm_global = torch.randint(4, VOCAB, (4, 12), generator=torch.Generator().manual_seed(v))
         lm_local = lm_global[rank * 2 : (rank + 1) * 2] if s["lm_weight"] > 0 else None
         ko, en, lm_loss = model(**batch, english_encoder=frozen, lm_input_ids=lm_local)
         loss, cl_loss, _ = tc.step_losses(ko, en, lm_loss, temperature=s["temperature"], symmetric=s["symmetric"],
-                                          cl_weight=s["cl_weight"], lm_weight=s["lm_weight"])
+                                          cl_weight=s["cl_weight"], lm_weight=s["lm_weight"], pair_keys=keys)
         accelerator.backward(loss)
         loss = loss.detach().clone()
         dist.all_reduce(loss)
@@ -122,10 +141,12 @@ def main(out_path: str) -> None:
         if rank == 0:
             ref_mix = torch.nn.Parameter(torch.linspace(-1, 1, len(layers))) if mixture is not None else None
             weights = torch.softmax(ref_mix / s["mix_temperature"], 0) if ref_mix is not None else [1.0]
-            ko = reference_vectors(start, [p[0] for p in pairs], layers, s["pooling"], weights)
+            normalize = ref_mix is not None and s["mix_normalize"]
+            ko = reference_vectors(start, [p[0] for p in pairs], layers, s["pooling"], weights, normalize)
             en_model = start if frozen is None else copy.deepcopy(frozen)
-            en = reference_vectors(en_model, [p[1] for p in pairs], layers, s["pooling"], weights)
-            ref_loss = s["cl_weight"] * reference_info_nce(ko, en, s["temperature"], s["symmetric"])
+            en = reference_vectors(en_model, [p[1] for p in pairs], layers, s["pooling"], weights, normalize)
+            ref_loss = s["cl_weight"] * reference_info_nce(ko, en, s["temperature"], s["symmetric"],
+                                                           pairs if s["dedup"] else None)
             if s["lm_weight"] > 0:
                 # mean of the two processes' LM losses, each a mean over its own tokens
                 halves = [lm_global[r * 2 : (r + 1) * 2] for r in range(2)]

@@ -60,6 +60,7 @@ def losses(log, key):
 
 
 STAGE1 = ["--max_steps", "4", "--save_steps", "2", "--eval_steps", "2", "--per_device_train_batch_size", "8",
+          "--save_state_limit", "0",
           "--warmup_ratio", "0.25"]
 
 

@@ -24,7 +24,8 @@ def two_process_results(tmp_path_factory):
 
 
 VARIANTS = ["top_layer_unused_head", "truncated_middle_layer", "layer_0", "last_token", "frozen_english",
-            "mixture", "one_directional", "lm_loss"]
+            "mixture", "mixture_unnormalised", "frozen_english_mixture", "duplicates_masked", "one_directional",
+            "lm_loss"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import eval_agreement as ea
+from common.data import sample_indices
 from common.demo import train_demo_tokenizer
 from common.metrics import alignment_metrics
 from common.pooling import find_decoder_layers, layer_states
@@ -98,7 +99,9 @@ def save_neox(path: Path, tok, hidden=32, layers=2, seed=1) -> Path:
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     """One end-to-end call: a tiny Llama checkpoint and a tiny GPT-NeoX baseline (Llama-2 tokenizer),
-    the first LIMIT items of the real ARC-Challenge EN/KO files, 40 NTREX-128 pairs."""
+    the first LIMIT items of the real ARC-Challenge EN/KO files, and a sample of 30 of 64 parallel pairs:
+    40 NTREX-128 pairs, then the first 24 Tatoeba pairs (short, some texts repeated: 'Wait!', 'Attack!',
+    '쏴!')."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
     tmp = tmp_path_factory.mktemp("real")
@@ -108,13 +111,16 @@ def real_run(tmp_path_factory):
     ntrex = SHARED_DATA / "ntrex128_en_ko"
     en_lines = (ntrex / "newstest2019-src.eng.txt").read_text(encoding="utf-8").splitlines()[:40]
     ko_lines = (ntrex / "newstest2019-ref.kor.txt").read_text(encoding="utf-8").splitlines()[:40]
-    parallel = tmp / "ntrex.jsonl"
-    parallel.write_text("".join(json.dumps({"ko": k, "en": e, "source": "ntrex128"}, ensure_ascii=False) + "\n"
-                                for k, e in zip(ko_lines, en_lines)), encoding="utf-8")
+    rows = [{"ko": k, "en": e, "source": "ntrex128"} for k, e in zip(ko_lines, en_lines)]
+    tatoeba = (SHARED_DATA / "tatoeba_kor_eng" / "kor.txt").read_text(encoding="utf-8").splitlines()[:24]
+    rows += [{"ko": line.split("\t")[1], "en": line.split("\t")[0], "source": "tatoeba"} for line in tatoeba]
+    parallel = tmp / "pairs.jsonl"
+    write_items(parallel, rows)
     out = tmp / "out"
     results = ea.main([str(llama), "--baseline", str(neox), "--en_data", str(EN_ARC), "--ko_data", str(KO_ARC),
                        "--limit", str(LIMIT), "--batch_size", "4", "--parallel_file", str(parallel),
-                       "--max_pairs", "30", "--rep_batch_size", "7", "--output_dir", str(out)])
+                       "--max_pairs", "30", "--min_source_pairs", "11", "--rep_batch_size", "7",
+                       "--output_dir", str(out)])
     return {"results": results, "out": out, "llama": llama, "neox": neox, "tok": tok, "parallel": parallel}
 
 
@@ -194,17 +200,27 @@ def test_end_to_end_real_arc(real_run):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_end_to_end_ntrex_layers(real_run):
-    """Per-layer metrics on NTREX pairs equal alignment_metrics of vectors pooled here, one sentence at a
-    time without padding (so batching, sorting and the padding masks change nothing)."""
+def test_end_to_end_layers_on_a_sample_overall_and_per_source(real_run):
+    """Per-layer metrics on the seeded sample of the NTREX + Tatoeba pairs (over the whole file, not its first
+    30 rows) equal alignment_metrics, with the texts as keys, of vectors pooled here one sentence at a time
+    without padding (so batching, sorting and the padding masks change nothing); the same per source."""
     from transformers import AutoModelForCausalLM
 
     results, tok = real_run["results"], real_run["tok"]
-    pairs = read_jsonl(real_run["parallel"])[:30]
+    everything = read_jsonl(real_run["parallel"])
+    picked = sample_indices([p["source"] for p in everything], 30, seed=1234)  # --seed's default
+    assert max(picked) >= 40  # Tatoeba rows, after the first 30, are in the sample
+    pairs = [everything[i] for i in picked]
+    assert len({p["en"] for p in pairs}) < len(pairs)  # a repeated text ('Attack!'): the keys matter
+    by_source = {s: [i for i, p in enumerate(pairs) if p["source"] == s] for s in ("ntrex128", "tatoeba")}
+    assert {s: len(rows) for s, rows in by_source.items()} == {"ntrex128": 19, "tatoeba": 11}  # 30 x 40/64, 24/64
     for label, which in (("checkpoint-100", "llama"), ("neox", "neox")):
         layers = results[label]["layers"]
         assert [m["layer"] for m in layers] == [0, 1, 2]
         assert results[label]["best_layer"] == ea.best_layer(layers)
+        assert results[label]["layer_pairs"] == {"sampled": 30, "rows_in_file": 64, "seed": 1234,
+                                                 "by_source": {"ntrex128": 19, "tatoeba": 11}}
+        assert list(results[label]["layers_by_source"]) == ["ntrex128", "tatoeba"]
         model = AutoModelForCausalLM.from_pretrained(real_run[which], dtype=torch.float32).eval()
 
         @torch.no_grad()
@@ -216,10 +232,17 @@ def test_end_to_end_ntrex_layers(real_run):
 
         ko_all = torch.stack([vecs(p["ko"]) for p in pairs], dim=1)
         en_all = torch.stack([vecs(p["en"]) for p in pairs], dim=1)
-        for layer in (0, 1, 2):
-            expected = alignment_metrics(ko_all[layer], en_all[layer])
-            for key, value in expected.items():
-                assert layers[layer][key] == pytest.approx(value, abs=1e-4), (label, layer, key)
+        for source, rows in [(None, list(range(len(pairs))))] + list(by_source.items()):
+            got = layers if source is None else results[label]["layers_by_source"][source]
+            ko_keys, en_keys = [pairs[i]["ko"] for i in rows], [pairs[i]["en"] for i in rows]
+            for layer in (0, 1, 2):
+                expected = alignment_metrics(ko_all[layer][rows], en_all[layer][rows], ko_keys, en_keys)
+                assert set(got[layer]) == {"layer", *expected}
+                for key, value in expected.items():
+                    assert got[layer][key] == pytest.approx(value, abs=1e-4, nan_ok=True), (label, source, layer, key)
+    md = (real_run["out"] / "results.md").read_text(encoding="utf-8")
+    assert "| checkpoint-100 | ntrex128 | 19 | 1 |" in md and "| neox | tatoeba | 11 | 1 |" in md  # middle layer
+    assert "Layer metrics on 30 of the 64 pairs" in md
 
 
 @pytest.fixture(scope="module")
@@ -328,6 +351,90 @@ def test_mismatched_files_list_counts_and_first_mismatches(demo_tok, tmp_path, s
                  "--output_dir", str(tmp_path / "out")])
 
 
+def test_read_pairs_samples_the_whole_file_by_source(tmp_path):
+    rows = ([{"ko": f"가 {i}", "en": f"a {i}", "source": "big"} for i in range(90)]
+            + [{"ko": f"나 {i}", "en": f"b {i}"} for i in range(10)])  # no source field
+    path = tmp_path / "pairs.jsonl"
+    write_items(path, rows)
+    pairs = ea.read_pairs(str(path), 20, seed=5)
+    sources = ["big"] * 90 + [ea.NO_SOURCE] * 10
+    picked = sample_indices(sources, 20, seed=5)
+    assert pairs["ko"] == [rows[i]["ko"] for i in picked] and pairs["en"] == [rows[i]["en"] for i in picked]
+    assert pairs["source"] == [sources[i] for i in picked] and pairs["rows_in_file"] == 100
+    assert pairs["source"].count(ea.NO_SOURCE) == 2 and max(picked) > 20  # not the first 20 rows
+    assert ea.read_pairs(str(path), 20, seed=5) == pairs
+    assert ea.source_groups(pairs["source"], 2) == {
+        "(no source)": [i for i, s in enumerate(pairs["source"]) if s == ea.NO_SOURCE],
+        "big": [i for i, s in enumerate(pairs["source"]) if s == "big"]}
+    assert list(ea.source_groups(pairs["source"], 3)) == ["big"]  # under --min_source_pairs: overall only
+    assert ea.source_groups(["big"] * 5, 2) == {}  # one source: the overall metrics already are its metrics
+
+
+def hangul_task(texts: list[str], choices: list[list[str]]):
+    class Task:  # the three members of an lm-eval Task that hangul_share reads
+        eval_docs = list(range(len(texts)))
+
+        def doc_to_text(self, doc):
+            return texts[doc]
+
+        def doc_to_choice(self, doc):
+            return choices[doc]
+
+    return Task()
+
+
+def test_hangul_share_by_hand():
+    task = hangul_task(
+        ["질문: 사과는 무슨 색?", "Question: what colour?", "Q: 사과 apple", "1 + 1 =", "Q: a b"],
+        [["빨강", "파랑"], ["red", "blue"], ["x"], ["2", "3"], ["사과", "바나나"]])
+    # Hangul letters of question + choices: all / none / 2 of 9 (Q 사 과 a p p l e x) / no letter, not counted /
+    # 5 of 8 (Q a b 사 과 바 나 나): 2 of the 4 counted documents are mostly Hangul
+    assert ea.hangul_share(task) == (pytest.approx(2 / 4), 4)
+    assert ea.hangul_share(hangul_task(["1 2 3"], [["4"]])) == (None, 0)
+
+
+def test_files_in_the_wrong_language_are_refused(tmp_path):
+    """Swapped --en_data/--ko_data would be scored without a word (same ids, choices, answers): refused, with
+    the share of mostly-Hangul documents, before any model is loaded or anything written."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    out = tmp_path / "out"
+    with pytest.raises(ea.EvalError) as e:
+        ea.main([str(tmp_path / "m"), "--en_data", str(KO_ARC), "--ko_data", str(EN_ARC), "--output_dir", str(out)])
+    msg = str(e.value)
+    assert "swapped" in msg
+    assert f"arc_challenge ({KO_ARC}) is the English task, but 98.9% of its 1172 documents are mostly Hangul" in msg
+    assert f"ko_arc_challenge ({EN_ARC}) is the Korean task, but only 0.0% of its 1172 documents" in msg
+    with pytest.raises(ea.EvalError) as e:  # English on both sides: only the Korean task is wrong
+        ea.main([str(tmp_path / "m"), "--en_data", str(EN_ARC), "--ko_data", str(EN_ARC), "--output_dir", str(out)])
+    assert "is the Korean task, but only 0.0%" in str(e.value) and "English task" not in str(e.value)
+    assert not out.exists()
+
+
+def test_hub_dataset_fails_fast_offline_or_unreachable(tmp_path, monkeypatch):
+    """Without --en_data/--ko_data the YAMLs name hub datasets: offline, the error says so and what to pass;
+    with the hub unreachable, one probe fails at once instead of the libraries' ~25 s of retries."""
+    import time
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    argv = [str(tmp_path / "m"), "--output_dir", str(tmp_path / "out")]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ea.EvalError, match=r"reads the hub dataset 'allenai/ai2_arc', and HF_HUB_OFFLINE=1 is set.*"
+                                           r"pass --en_data/--ko_data"):
+        ea.main(argv)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens, refused at once
+    monkeypatch.setattr(ea, "_hub_probe", {})
+    start = time.perf_counter()
+    with pytest.raises(ea.EvalError, match=r"task arc_challenge reads the hub dataset 'allenai/ai2_arc', but the hub "
+                                           r"cannot be reached \(http://127.0.0.1:9: .*pass --en_data/--ko_data"):
+        ea.main(argv)
+    assert time.perf_counter() - start < 5
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_checkpoint_and_bad_inputs(tmp_path):
     (tmp_path / "no_config").mkdir()
     with pytest.raises(ea.EvalError) as e:
@@ -363,6 +470,18 @@ def test_command_line_error_is_one_line_not_a_traceback(tmp_path):
     assert proc.returncode == 2
     assert "eval_agreement.py: error: 1 of 1 models cannot be used" in proc.stderr
     assert "Traceback" not in proc.stderr
+    # common.cli.run_main: an expected error that is not an EvalError (an output folder that is a file) is one
+    # line too
+    assert issubclass(ea.EvalError, ValueError)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    write_items(tmp_path / "pairs.jsonl", [{"ko": "안녕", "en": "hi"}, {"ko": "둘", "en": "two"}])
+    (tmp_path / "taken").write_text("a file")
+    command = [sys.executable, str(ROOT / "eval_agreement.py"), str(tmp_path / "m"), "--skip_tasks",
+               "--parallel_file", str(tmp_path / "pairs.jsonl"), "--output_dir", str(tmp_path / "taken")]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("eval_agreement.py: error: [Errno 17] File exists")
 
 
 def test_arguments_positional_and_labels(tmp_path):

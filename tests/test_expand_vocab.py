@@ -165,3 +165,38 @@ def test_merge_keeps_korean_order_below_or_above_the_base():
     assert [p.score for p in below.pieces[3:]] == [-3, -4]
     above, _ = expand_vocab.merge(base, ko, "above")
     assert above.pieces[3].score > above.pieces[4].score > 0
+
+
+def korean_model(pieces):
+    ko = sp_pb2.ModelProto()
+    ko.pieces.add(piece="<unk>", score=0, type=sp_pb2.ModelProto.SentencePiece.UNKNOWN)
+    for i, piece in enumerate(pieces):
+        ko.pieces.add(piece=piece, score=-i, type=sp_pb2.ModelProto.SentencePiece.NORMAL)
+    return ko
+
+
+def test_a_korean_model_with_few_hangul_pieces_is_refused_with_the_numbers():
+    args = expand_vocab.Arguments(ko_corpus=["en.txt"])
+    docs = {"read": 100, "with_hangul": 3}
+    english = korean_model(["▁the", "▁of", "▁and", "▁가", "▁나"])  # 2 of 5 with Hangul
+    with pytest.raises(DataError, match=r"--ko_corpus en.txt: not a Korean corpus .*only 2 of the Korean "
+                                        r"SentencePiece model's 5 pieces \(40.0%\) contain Hangul, below "
+                                        r"--min_hangul_piece_share 0.5, so 2 piece\(s\) would be added \(3 of 100 "
+                                        r"documents hold Hangul; 7 training lines\)"):
+        expand_vocab.check_korean_model(english, ["▁가", "▁나"], args, docs, 7)
+    args.min_hangul_piece_share = 0.4  # a corpus mixed on purpose
+    expand_vocab.check_korean_model(english, ["▁가", "▁나"], args, docs, 7)
+    with pytest.raises(DataError, match=r"already has every one of the Korean model's 2 pieces with Hangul, so 0"):
+        expand_vocab.check_korean_model(english, [], args, docs, 7)
+    expand_vocab.check_korean_model(korean_model(["▁가나", "다라", "▁the"]), ["▁가나", "다라"],
+                                    expand_vocab.Arguments(ko_corpus=["ko.txt"]), docs, 7)
+
+
+def test_english_corpus_is_refused_before_anything_is_written(shared_data, tmp_path):
+    """English Wikipedia with a few Korean words: the Korean model has 3 Hangul pieces in 2,997."""
+    with pytest.raises(DataError, match=r"not a Korean corpus for expanding the vocabulary: only \d of the Korean "
+                                        r"SentencePiece model's \d+ pieces \(0.\d%\) contain Hangul"):
+        expand_vocab.main(["--base_tokenizer", str(shared_data / "llama2_tokenizer/tokenizer.model"),
+                           "--ko_corpus", str(shared_data / "mono_en"), "--ko_vocab_size", "3000",
+                           "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()

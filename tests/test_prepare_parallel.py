@@ -86,7 +86,7 @@ def test_byte_identical_label_and_source_copies_are_read_once(tmp_path):
     for folder in ("라벨링데이터", "원천데이터"):
         (tmp_path / "new" / folder).mkdir(parents=True)
         (tmp_path / "new" / folder / "tech.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    report, pairs = run(tmp_path, "--inputs", str(tmp_path / "new"))
+    report, pairs = run(tmp_path, "--inputs", str(tmp_path / "new"), "--validation_ratio", "0")
     assert len(all_pairs(pairs)) == 20
     assert report["sources"]["new"]["rows_read"] == 20 and "duplicate" not in report["sources"]["new"]["removed"]
     assert len(report["duplicate_files"]) == 1
@@ -147,7 +147,8 @@ def test_nested_zip_and_generic_jsonl_with_field_override(tmp_path):
     message = r"inner.zip/pairs.jsonl:1: cannot tell the Korean and English fields among \['kr_sent', 'en_sent'\]"
     with pytest.raises(DataError, match=message):
         run(tmp_path, "--inputs", str(tmp_path / "outer.zip"))
-    _, pairs = run(tmp_path, "--inputs", str(tmp_path / "outer.zip"), "--ko_field", "kr_sent", "--en_field", "en_sent")
+    _, pairs = run(tmp_path, "--inputs", str(tmp_path / "outer.zip"), "--ko_field", "kr_sent", "--en_field", "en_sent",
+                   "--validation_ratio", "0")  # Training/: no validation split
     assert [p["en"] for p in pairs["train"]] == ["The cat sleeps.", "The dog barks."]
 
 
@@ -347,3 +348,91 @@ def test_real_parallel_sets(shared_data, tmp_path):
             continue
         checked += 1
     assert checked > 20000
+
+
+# ------------------------------------------------------------------------------ degenerate results
+
+
+def write_jsonl(path, pairs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
+
+
+def test_input_without_pairs_is_an_error_naming_it(tmp_path):
+    good = tmp_path / "good.tsv"
+    good.write_text("ko\ten\n좋은 문장입니다.\tThis is a good sentence.\n", encoding="utf-8")
+    with zipfile.ZipFile(tmp_path / "docs.zip", "w") as zf:  # an archive of something else
+        zf.writestr("README.txt", "About this corpus.\n")
+        zf.writestr("LICENSE", "CC BY 4.0\n")
+    with pytest.raises(DataError, match=r"docs.zip: no parallel pairs: none of its 2 file\(s\) is recognised .*"
+                                        r"README.txt.*--ko_files"):
+        run(tmp_path, "--inputs", str(good), str(tmp_path / "docs.zip"), "--validation_ratio", "0")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"empty: no parallel pairs: no files in it"):
+        run(tmp_path, "--inputs", str(good), str(tmp_path / "empty"), "--validation_ratio", "0")
+    (tmp_path / "header_only.jsonl").write_text("\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"header_only.jsonl: no parallel pairs: the 1 file\(s\) recognised "
+                                        r"\(jsonl \(empty\)\) hold no rows"):
+        run(tmp_path, "--inputs", str(tmp_path / "header_only.jsonl"), "--validation_ratio", "0")
+    same = tmp_path / "same.tsv"
+    same.write_text("ko\ten\nSame text\tsame text\nNo Hangul\tNo Hangul at all\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"same.tsv: no parallel pairs kept: all 2 rows read were removed by the "
+                                        r"filters \((identical_sides=1, ko_without_hangul=1|ko_without_hangul=1, "
+                                        r"identical_sides=1)\)"):
+        run(tmp_path, "--inputs", str(good), str(same), "--validation_ratio", "0")
+    assert not (tmp_path / "out" / "train.jsonl").exists()
+    # an input whose files are copies of files already read adds nothing, and that is not an error
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "good.tsv").write_bytes(good.read_bytes())
+    report, pairs = run(tmp_path, "--inputs", str(good), str(tmp_path / "copy"), "--validation_ratio", "0")
+    assert len(pairs["train"]) == 1 and len(report["duplicate_files"]) == 1
+
+
+def test_empty_validation_split_is_an_error_with_the_numbers_and_the_flag(tmp_path):
+    pairs = make_pairs(50, 0)
+    threshold = round(0.01 * 1_000_000)
+    assert all(prepare_parallel.pair_hash(clean_text(p["ko"]), clean_text(p["en"]))[1] >= threshold for p in pairs)
+    write_jsonl(tmp_path / "small.jsonl", pairs)
+    message = (r"the validation split is empty: 50 pairs kept, all in train; 50 of them split by hash with "
+               r"--validation_ratio 0.01 \(about 0.5 expected in validation\)\. To get a validation split, raise "
+               r"--validation_ratio \(e.g. --validation_ratio 0.4: about 20 of these 50 pairs\).*--validation_ratio 0")
+    with pytest.raises(DataError, match=message):
+        run(tmp_path, "--inputs", str(tmp_path / "small.jsonl"))
+    assert not (tmp_path / "out" / "validation.jsonl").exists() and not list((tmp_path / "out").glob(".*"))
+    report, got = run(tmp_path, "--inputs", str(tmp_path / "small.jsonl"), "--validation_ratio", "0.4")
+    assert len(got["validation"]) > 10 and report["totals"]["validation"] == len(got["validation"])
+    _, got = run(tmp_path, "--inputs", str(tmp_path / "small.jsonl"), "--validation_ratio", "0")  # on purpose
+    assert len(got["train"]) == 50 and got["validation"] == []
+    # files named as training: the hash does not split them
+    write_jsonl(tmp_path / "Training" / "big.jsonl", make_pairs(3000, 1))
+    with pytest.raises(DataError, match=r"3000 pairs kept, all in train; 3000 from files whose path names them as "
+                                        r"training \(e.g. .*Training/big.jsonl\).*--split_from_names false"):
+        run(tmp_path, "--inputs", str(tmp_path / "Training"))
+    _, got = run(tmp_path, "--inputs", str(tmp_path / "Training"), "--split_from_names", "false")
+    assert 10 < len(got["validation"]) < 60
+
+
+def test_stats_count_repeated_sides_per_split(tmp_path):
+    train = [("하나", "one"), ("하나", "uno"), ("둘", "one"), ("하나", "one"), ("셋", "three"), ("넷", "four")]
+    valid = [("다섯", "five"), ("다섯", "cinq"), ("다섯", "fünf"), ("여섯", "five"), ("다섯", "five")]
+    write_jsonl(tmp_path / "train.jsonl", [{"ko": k, "en": e} for k, e in train])
+    write_jsonl(tmp_path / "dev.jsonl", [{"ko": k, "en": e} for k, e in valid])
+    report, pairs = run(tmp_path, "--inputs", str(tmp_path / "train.jsonl"), str(tmp_path / "dev.jsonl"))
+    assert report["repeats"] == {
+        "train": {"pairs": 5, "ko": 1, "en": 1, "pair": 0, "pair_removed": 1},
+        "validation": {"pairs": 4, "ko": 2, "en": 1, "pair": 0, "pair_removed": 1},
+    }
+    assert len(pairs["train"]) == 5 and len(pairs["validation"]) == 4
+    saved = json.loads((tmp_path / "out" / "stats.json").read_text(encoding="utf-8"))
+    assert saved["repeats"] == report["repeats"]
+
+
+def test_line_aligned_files_given_as_inputs_get_a_hint(tmp_path):
+    (tmp_path / "a.ko").write_text("하나\n", encoding="utf-8")
+    (tmp_path / "a.en").write_text("one\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"a.ko: not recognised as parallel data .*--ko_files KO_FILE "
+                                        r"--en_files EN_FILE"):
+        run(tmp_path, "--inputs", str(tmp_path / "a.ko"), str(tmp_path / "a.en"))
+    _, pairs = run(tmp_path, "--ko_files", str(tmp_path / "a.ko"), "--en_files", str(tmp_path / "a.en"),
+                   "--validation_ratio", "0")
+    assert [(p["ko"], p["en"]) for p in pairs["train"]] == [("하나", "one")]

@@ -29,7 +29,7 @@ DIFFER = {
     "eval_steps": "alignment metrics in stage 1, perplexity in stages 2 and 3",
     "weight_decay": "which parameters the optimizer holds differs",
 }
-BLOCKS = ["setup", "resume", "trackers", "write_log", "optimizer step", "pacing", "finish"]
+BLOCKS = ["setup", "output dir", "resume", "trackers", "write_log", "optimizer step", "pacing", "finish"]
 
 
 def shared_blocks(path: Path) -> dict[str, str]:

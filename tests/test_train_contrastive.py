@@ -122,7 +122,8 @@ def test_frozen_english_copy_stays_unchanged(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("variant", [["--pool_layer", "2"], ["--mix_layers", "1-3", "--english_encoder", "frozen"]])
 def test_resume_reproduces_the_uninterrupted_run(tiny_model, tmp_path, variant, reset_accelerate):
-    common = ["--max_steps", "8", "--save_steps", "4", "--eval_steps", "100", "--warmup_ratio", "0.25", *variant]
+    common = ["--max_steps", "8", "--save_steps", "4", "--eval_steps", "100", "--warmup_ratio", "0.25",
+              "--save_state_limit", "0", *variant]
     run(tiny_model, tmp_path / "full", *common)
     reset_accelerate()
     run(tiny_model, tmp_path / "resumed", *common, "--resume_from_checkpoint", str(tmp_path / "full" / "checkpoint-4"))
@@ -135,13 +136,23 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model, tmp_path, variant, 
         torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7)
 
 
-def test_resume_latest_and_save_total_limit(tiny_model, tmp_path, reset_accelerate):
-    run(tiny_model, tmp_path, "--max_steps", "6", "--save_steps", "2", "--save_total_limit", "2")
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+def test_resume_latest_save_limits_and_log(tiny_model, tmp_path, reset_accelerate):
+    args = ["--max_steps", "8", "--save_steps", "2", "--save_total_limit", "3", "--save_state_limit", "2"]
+    run(tiny_model, tmp_path, *args)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
+    # every checkpoint keeps its export; only the newest two keep the resume state
+    assert all((tmp_path / f"checkpoint-{s}" / "model.safetensors").is_file() for s in (4, 6, 8))
+    assert [s for s in (4, 6, 8) if (tmp_path / f"checkpoint-{s}" / "accelerate_state").is_dir()] == [6, 8]
+    # the resume state does not repeat the weights the export holds
+    state = tmp_path / "checkpoint-8" / "accelerate_state"
+    assert sum(f.stat().st_size for f in state.iterdir()) < (tmp_path / "checkpoint-8" / "model.safetensors").stat().st_size * 2.2
+    # a run stopped after step 6 (its last checkpoint lost) resumes from 'latest' = 6; the log keeps each step once
+    import shutil
+    shutil.rmtree(tmp_path / "checkpoint-8")
     reset_accelerate()
-    run(tiny_model, tmp_path, "--max_steps", "8", "--save_steps", "2", "--resume_from_checkpoint", "latest")
+    run(tiny_model, tmp_path, *args, "--resume_from_checkpoint", "latest")
     assert (tmp_path / "checkpoint-8").is_dir()
-    assert sorted(r["step"] for r in read_log(tmp_path) if "cl_loss" in r) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert [r["step"] for r in read_log(tmp_path) if "cl_loss" in r] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_bad_parallel_line_names_file_and_line(tiny_model, tmp_path):

@@ -109,7 +109,8 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model, tmp_path, script, r
     sft.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     extra = ["--en_train_file", str(DEMO / "mono_en_train.txt"), "--ko_ratio", "0.75", "--instruction_file", str(sft),
              "--per_device_instruction_batch_size", "3"] if script is train_full else []
-    common = ["--max_steps", "8", "--save_steps", "4", "--eval_steps", "4", "--warmup_ratio", "0.25", *extra]
+    common = ["--max_steps", "8", "--save_steps", "4", "--eval_steps", "4", "--warmup_ratio", "0.25",
+              "--save_state_limit", "0", *extra]
     script.main(demo_args(tiny_model, tmp_path / "full", *common))
     reset_accelerate()
     script.main(demo_args(tiny_model, tmp_path / "resumed", *common,
@@ -233,3 +234,25 @@ def test_demos_run(tmp_path, reset_accelerate):
     s3 = [r for r in read_log(tmp_path / "s3") if "eval/en_perplexity" in r]
     for lang in ("ko", "en"):
         assert s3[-1][f"eval/{lang}_perplexity"] < s3[0][f"eval/{lang}_perplexity"], lang
+
+
+def test_instruction_rows_without_a_response_token_are_dropped_and_never_give_nan(tiny_model, tmp_path, caplog,
+                                                                                  reset_accelerate):
+    """A prompt that fills the block leaves no response token; a batch of only such rows used to give
+    loss 0/0 = NaN, which poisoned every weight."""
+    long_prompt = " ".join(["선생님은 오늘 학교에서 책을 읽어요"] * 20)  # far beyond 32 tokens
+    rows = [{"prompt": long_prompt, "response": "네"}] * 6 + [{"prompt": "가", "response": "나 다 라"}] * 2
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    with caplog.at_level("WARNING", logger="train_full"):
+        model = train_full.main(demo_args(tiny_model, tmp_path / "o", "--instruction_file", str(sft),
+                                          "--per_device_instruction_batch_size", "2", "--max_steps", "4",
+                                          "--save_steps", "4"))
+    assert "6 of 8 instruction examples have no response token within --block_size 32" in caplog.text
+    losses = [r["sft_loss"] for r in read_log(tmp_path / "o") if "sft_loss" in r]
+    assert len(losses) == 4 and all(loss == loss for loss in losses)  # no NaN
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    reset_accelerate()
+    sft.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:6]), encoding="utf-8")
+    with pytest.raises(DataError, match="no instruction example has a response token within --block_size 32"):
+        train_full.main(demo_args(tiny_model, tmp_path / "o2", "--instruction_file", str(sft), "--max_steps", "1"))

@@ -1,0 +1,171 @@
+"""Runs you can trust: the output folder, the lock, resume arguments, complete checkpoints, one-line errors.
+
+The trainers share this code through identical blocks (tests/test_script_consistency.py), so most of it
+is exercised through stage 1 with a tiny model; stage 2 covers its own default block size.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import train_contrastive as tc
+import train_lm_head
+from common.checkpoint import RunLock, find_checkpoint, resume_argument_changes
+from common.data import iter_parallel_jsonl
+from common.demo import tiny_llama, train_demo_tokenizer
+
+pytestmark = pytest.mark.usefixtures("reset_accelerate")
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "data" / "demo"
+TRAIN, VALID = str(DEMO / "train.jsonl"), str(DEMO / "validation.jsonl")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny_model")
+    tokenizer = train_demo_tokenizer([row[s] for row in iter_parallel_jsonl(TRAIN) for s in ("ko", "en")])
+    tiny_llama(len(tokenizer), hidden_size=32, num_layers=2, seed=1).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def run(tiny_model, out, *extra):
+    return tc.main(["--model_name_or_path", str(tiny_model), "--train_file", TRAIN, "--validation_file", VALID,
+                    "--output_dir", str(out), "--per_device_train_batch_size", "8", "--max_eval_pairs", "16",
+                    "--report_to", "none", "--logging_steps", "1", "--eval_steps", "100", *extra])
+
+
+def steps_logged(out) -> list[int]:
+    return [json.loads(line)["step"] for line in (Path(out) / "log.jsonl").read_text().splitlines()
+            if "cl_loss" in line]
+
+
+def test_a_folder_with_checkpoints_is_refused_then_started_over(tiny_model, tmp_path, reset_accelerate):
+    run(tiny_model, tmp_path, "--max_steps", "4", "--save_steps", "1")
+    reset_accelerate()
+    with pytest.raises(FileExistsError, match=r"already holds 4 checkpoint.*--resume_from_checkpoint latest.*"
+                                              r"--overwrite_output_dir"):
+        run(tiny_model, tmp_path, "--max_steps", "2", "--save_steps", "1")
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*"))[-1] == "checkpoint-4"  # nothing was touched
+    reset_accelerate()
+    run(tiny_model, tmp_path, "--max_steps", "2", "--save_steps", "1", "--overwrite_output_dir")
+    # the old run's checkpoints and log are gone, not mixed with the new ones
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert steps_logged(tmp_path) == [1, 2]
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_a_live_lock_is_refused_and_a_stale_one_taken_over(tiny_model, tmp_path, reset_accelerate):
+    lock = tmp_path / ".lock"
+    tmp_path.mkdir(exist_ok=True)
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "today"}))
+    with pytest.raises(FileExistsError, match=rf"another run \(pid {os.getpid()} on "):
+        run(tiny_model, tmp_path, "--max_steps", "1")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname(), "started": "yesterday"}))
+    assert RunLock(str(tmp_path)).owner() is None  # its process has exited: stale
+    reset_accelerate()
+    run(tiny_model, tmp_path, "--max_steps", "1")
+    assert (tmp_path / "checkpoint-1").is_dir() and not lock.exists()
+
+
+@pytest.mark.parametrize("flags, refused", [
+    (["--per_device_train_batch_size", "4"], "--per_device_train_batch_size: checkpoint 8, now 4"),
+    (["--seed", "1"], "--seed: checkpoint 42, now 1"),
+    (["--pool_layer", "2"], "--pool_layer: checkpoint None, now 2"),
+    (["--mix_layers", "0-2"], "--mix_layers: checkpoint None, now '0-2'"),
+    (["--english_encoder", "frozen"], "--english_encoder: checkpoint 'shared', now 'frozen'"),
+    (["--learning_rate", "1e-3"], "--learning_rate"),
+    (["--max_steps", "6"], "--max_steps: checkpoint 4, now 6"),
+])
+def test_resume_refuses_arguments_that_change_the_run(tiny_model, tmp_path, reset_accelerate, flags, refused):
+    run(tiny_model, tmp_path, "--max_steps", "4", "--save_steps", "2", "--save_state_limit", "0")
+    reset_accelerate()
+    base = ["--max_steps", "4", "--save_steps", "2", "--resume_from_checkpoint", str(tmp_path / "checkpoint-2")]
+    with pytest.raises(ValueError, match="belongs to a run with other settings") as err:
+        run(tiny_model, tmp_path, *base, *flags)
+    assert refused in str(err.value)
+
+
+def test_resume_accepts_bookkeeping_changes():
+    saved = {"eval_steps": 100, "save_steps": 2, "report_to": "none", "seed": 42, "train_file": TRAIN}
+    current = {**saved, "eval_steps": 5, "report_to": "tensorboard", "train_file": os.path.relpath(TRAIN)}
+    refused, allowed = resume_argument_changes(saved, current)
+    assert refused == []  # the same file named another way is the same file
+    assert [line.split(":")[0] for line in allowed] == ["--eval_steps", "--report_to"]
+
+
+def write_checkpoint(folder: Path, step: int, processes: int, states: list[int], export=True):
+    (folder / "accelerate_state").mkdir(parents=True)
+    for rank in states:
+        (folder / "accelerate_state" / f"random_states_{rank}.pkl").write_bytes(b"x")
+    if export:
+        (folder / "model.safetensors").write_bytes(b"x")
+    (folder / "trainer_state.json").write_text(json.dumps({"step": step, "num_processes": processes,
+                                                           "weights_in_export": True}))
+
+
+def test_latest_never_takes_an_incomplete_checkpoint(tmp_path):
+    write_checkpoint(tmp_path / "checkpoint-2", 2, 2, [0, 1])
+    write_checkpoint(tmp_path / "checkpoint-4", 4, 2, [0])  # rank 1's state never arrived
+    write_checkpoint(tmp_path / "checkpoint-6", 6, 2, [0, 1], export=False)  # weights missing
+    (tmp_path / "checkpoint-8.tmp").mkdir()  # a save that crashed
+    assert find_checkpoint("latest", str(tmp_path)) == (tmp_path / "checkpoint-2", 2)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint-4 cannot be resumed from: it lacks "
+                                                r"accelerate_state/random_states_1.pkl"):
+        find_checkpoint(str(tmp_path / "checkpoint-4"), str(tmp_path))
+
+
+def test_two_processes_write_complete_checkpoints_even_when_one_lags(tmp_path):
+    """tests/checkpoint_worker.py: rank 1 is slow to write its resume state; every checkpoint must still
+    hold both processes' files, and no .tmp folder may be left."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "tests.checkpoint_worker", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checkpoints = sorted(tmp_path.glob("checkpoint-*"))
+    assert [p.name for p in checkpoints] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    for ckpt in checkpoints:
+        state = ckpt / "accelerate_state"
+        assert {f.name for f in state.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+        assert json.loads((ckpt / "trainer_state.json").read_text())["num_processes"] == 2
+
+
+def test_bad_input_is_one_line_not_a_traceback(tiny_model, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"ko": "안녕", "en": "hi"}\n{"ko": "네"}\n', encoding="utf-8")
+    args = ["train_contrastive.py", "--model_name_or_path", str(tiny_model), "--train_file", str(bad),
+            "--output_dir", str(tmp_path / "o"), "--report_to", "none"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("KOEN_ALIGN_DEBUG", None)
+    for cmd in ([sys.executable, *args],
+                [sys.executable, "-m", "accelerate.commands.launch", "-q", "--num_processes", "1",
+                 "--mixed_precision", "no", "--dynamo_backend", "no", *args]):
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert lines[-1] == f"train_contrastive.py: error: {bad}:2: missing field 'en' (fields: ['ko'])", lines[-5:]
+        assert "Traceback" not in proc.stderr
+    # KOEN_ALIGN_DEBUG=1 keeps the traceback for whoever wants it
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env={**env, "KOEN_ALIGN_DEBUG": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert "Traceback" in proc.stderr and proc.returncode != 0
+
+
+def test_lm_head_block_size_defaults_to_the_model_context(tmp_path, reset_accelerate):
+    tokenizer = train_demo_tokenizer([row[s] for row in iter_parallel_jsonl(TRAIN) for s in ("ko", "en")])
+    tiny_llama(len(tokenizer), hidden_size=32, num_layers=1, max_position_embeddings=128).save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    train_lm_head.main(["--model_name_or_path", str(tmp_path / "m"), "--train_file", str(DEMO / "mono_ko_train.txt"),
+                        "--output_dir", str(tmp_path / "o"), "--max_steps", "1", "--report_to", "none",
+                        "--per_device_train_batch_size", "2"])
+    assert json.loads((tmp_path / "o" / "checkpoint-1" / "training_args.json").read_text())["block_size"] == 128
+    shutil.rmtree(tmp_path / "o")
