@@ -126,8 +126,8 @@ class Arguments:
     )})
     max_pairs: int = field(default=1000, metadata={"help": (
         "Use a seeded random sample of N pairs over the whole --parallel_file (all of them when it has fewer), "
-        "stratified by the 'source' field: proportional shares, every source at least one pair. Retrieval is "
-        "among these N (chance about 1/N); the sample depends only on the file, N and --seed."
+        "stratified by the 'source' field: proportional shares, every source at least one pair when N allows. "
+        "Retrieval is among these N (chance about 1/N); the sample depends only on the file, N and --seed."
     )})
     min_source_pairs: int = field(default=50, metadata={"help": (
         "When --parallel_file has several sources, each source with at least this many sampled pairs also gets "
@@ -394,9 +394,9 @@ def hub_hint(name: str, cfg) -> str:
            "(--include_path)")
     offline = offline_setting()
     if offline:
-        return (f" (task {name} reads the hub dataset {hub!r}, and {offline} is set, so only a cached copy can "
-                f"be used and there is none: {fix})")
-    why = None
+        return (f" (task {name} reads the hub dataset {hub!r} and {offline} is set, so only a cached copy could "
+                f"be read: {fix})")
+    why = hub_unreachable()
     if why:
         raise EvalError(f"task {name} reads the hub dataset {hub!r}, but the hub cannot be reached ({why}): {fix}; "
                         "or set HF_DATASETS_OFFLINE=1 to use a cached copy")
@@ -406,12 +406,17 @@ def hub_hint(name: str, cfg) -> str:
 HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7a3\ud7b0-\ud7ff]")
 
 
-def hangul_share(task) -> tuple[float | None, int]:
+def hangul_share(task, max_docs: int = 300) -> tuple[float | None, int]:
     """(share, number) of the task's evaluation documents that are mostly Hangul: more than half of the letters
-    of their question text (``doc_to_text``, the prompt included) and choices are Hangul. Documents without a
-    letter are not counted; the share is None when none has one."""
+    of their question text (``doc_to_text``, the prompt included) and choices are Hangul. At most ``max_docs``
+    documents spread evenly over the task are read (rendering the prompts of every document of a large task
+    would take seconds); documents without a letter are not counted; the share is None when none has one."""
+    docs = task.eval_docs
+    m = min(max_docs, len(docs))
+    picked = sorted({round(k * (len(docs) - 1) / max(m - 1, 1)) for k in range(m)})
     korean = counted = 0
-    for doc in task.eval_docs:
+    for i in picked:
+        doc = docs[i]
         text = task.doc_to_text(doc)
         parts = ([text] if isinstance(text, str) else []) + [str(c) for c in task.doc_to_choice(doc)]
         letters = [c for part in parts for c in part if c.isalpha()]
@@ -428,16 +433,17 @@ def check_languages(en_task, ko_task, en_where: str, ko_where: str) -> None:
     problems = []
     share, n = hangul_share(en_task)
     if share is not None and share > 0.5:
-        problems.append(f"{en_where} is the English task, but {share:.1%} of its {n} documents are mostly Hangul")
+        problems.append(f"{en_where} is the English task, but {share:.1%} of its documents are mostly Hangul "
+                        f"(of {n} read)")
     share, n = hangul_share(ko_task)
     if share is not None and share <= 0.5:
-        problems.append(f"{ko_where} is the Korean task, but only {share:.1%} of its {n} documents are mostly "
-                        "Hangul")
+        problems.append(f"{ko_where} is the Korean task, but only {share:.1%} of its documents are mostly Hangul "
+                        f"(of {n} read)")
     if problems:
         swapped = " (are the English and Korean files swapped?)" if len(problems) == 2 else ""
         raise EvalError("wrong language" + swapped + ":\n  " + "\n  ".join(problems)
                         + "\n  (a document is mostly Hangul when more than half of the letters of its question "
-                        "text and choices are Hangul)")
+                        "text and choices are Hangul; at most 300 documents spread over the task are read)")
 
 
 def load_task(task_manager, spec, where: str, hint: str = ""):

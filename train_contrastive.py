@@ -102,11 +102,19 @@ class Arguments:
         "Unset and no --mix_layers: the middle layer N // 2."
     )})
     mix_layers: str | None = field(default=None, metadata={"help": (
-        "'A-B': a trainable softmax-weighted mixture of the pooled vectors of layers A..B (inclusive) instead"
-        " of one layer."
+        "A trainable softmax-weighted mixture of the pooled vectors of these layers instead of one layer: a range "
+        "'A-B' (inclusive) or a list '1,5,9-12,17'."
     )})
     mix_learning_rate: float = field(default=1e-2, metadata={"help": (
         "Learning rate of the mixture logits (at a model's rate they barely move)."
+    )})
+    mix_temperature_final: float | None = field(default=None, metadata={"help": (
+        "Anneal the mixture temperature linearly from --mix_temperature (step 0) to this (last step); "
+        "mix_temperature is logged."
+    )})
+    mix_entropy_weight: float = field(default=0.0, metadata={"help": (
+        "Add this times the entropy of the layer weights, H(w) = -sum_k w_k log w_k, to the loss: > 0 pushes the "
+        "weights apart (the research saw a spread of 0.0025). mix_entropy is logged."
     )})
     mix_temperature: float = field(default=1.0, metadata={"help": (
         "Softmax temperature of the mixture; below 1 separates the weights faster."
@@ -127,8 +135,14 @@ class Arguments:
         "model (no gradient, eval mode, not in the optimizer)."
     )})
     trainable: str = field(default="all", metadata={"help": (
-        "'all', 'embeddings' (input embeddings only), or comma-separated regexes of parameter names (e.g. "
-        "'embed_tokens,layers\\.[0-5]\\.'); everything else is frozen and stays bitwise unchanged."
+        "'all', 'embeddings' (input embeddings only), 'new_token_embeddings' (only the input-embedding rows from "
+        "the base vocabulary size on: the rows a Korean vocabulary expansion added), or comma-separated regexes of "
+        "parameter names (e.g. 'embed_tokens,layers\\.[0-5]\\.'); everything else is frozen and stays bitwise "
+        "unchanged."
+    )})
+    base_vocab_size: int | None = field(default=None, metadata={"help": (
+        "For --trainable new_token_embeddings: the vocabulary size before expansion. Unset: base_vocab_size from "
+        "the model folder's expand_vocab.json (written by data_prep/expand_vocab.py)."
     )})
     # objective
     mask_duplicates: bool = field(default=True, metadata={"help": (
@@ -140,13 +154,23 @@ class Arguments:
     symmetric: bool = field(default=True, metadata={"help": (
         "Average the ko->en and en->ko InfoNCE directions (else ko->en only)."
     )})
-    cl_weight: float = field(default=1.0, metadata={"help": "Weight of the contrastive loss."})
+    cl_weight: float = field(default=1.0, metadata={"help": (
+        "Weight of the contrastive loss. 0 is the no-CL control: no contrastive forward or backward at all, the "
+        "LM loss alone trains (--lm_weight > 0), and the alignment metrics are still evaluated every --eval_steps."
+    )})
     lm_weight: float = field(default=0.0, metadata={"help": (
         "Weight of the next-token loss on --lm_train_file; 0 turns it off (and the contrastive forward stops "
         "at the deepest pooled layer)."
     )})
     lm_train_file: str | None = field(default=None, metadata={"help": (
-        "Monolingual text for the LM loss: JSONL {\"text\", \"lang\"} or plain text, one document a line."
+        "Monolingual text for the LM loss: JSONL {\"text\", \"lang\"} or plain text, one document a line. With "
+        "--lm_en_train_file, this is the Korean text."
+    )})
+    lm_en_train_file: str | None = field(default=None, metadata={"help": (
+        "English text for the LM loss, mixed with --lm_train_file (Korean) by --lm_ko_ratio in every LM batch."
+    )})
+    lm_ko_ratio: float = field(default=0.5, metadata={"help": (
+        "With --lm_en_train_file: share of Korean blocks in each LM batch, rounded to whole blocks per process."
     )})
     block_size: int = field(default=512, metadata={"help": "Length of the packed LM blocks."})
     per_device_lm_batch_size: int = field(default=4, metadata={"help": "LM blocks per process per step."})
@@ -208,15 +232,24 @@ class Arguments:
     )})
 
 
+def parse_layers(spec: str) -> list[int]:
+    """'A-B' or '1,5,9-12,17' -> the sorted distinct layers."""
+    layers = set()
+    for part in spec.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m or (m.group(2) is not None and int(m.group(1)) > int(m.group(2))):
+            raise ValueError(f"--mix_layers must be 'A-B' with 0 <= A <= B or a list such as '1,5,9-12,17', "
+                             f"got {spec!r}")
+        layers.update(range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1))
+    return sorted(layers)
+
+
 def check_args(args: Arguments, num_layers: int) -> list[int]:
     """Reject bad combinations before any model is loaded; return the layers the representation uses."""
     if args.pool_layer is not None and args.mix_layers is not None:
         raise ValueError("give --pool_layer or --mix_layers, not both")
     if args.mix_layers is not None:
-        m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", args.mix_layers)
-        if not m or int(m.group(1)) > int(m.group(2)):
-            raise ValueError(f"--mix_layers must be 'A-B' with 0 <= A <= B, got {args.mix_layers!r}")
-        layers = list(range(int(m.group(1)), int(m.group(2)) + 1))
+        layers = parse_layers(args.mix_layers)
     else:
         layers = [num_layers // 2 if args.pool_layer is None else args.pool_layer]
     if not all(0 <= layer <= num_layers for layer in layers):
@@ -230,27 +263,47 @@ def check_args(args: Arguments, num_layers: int) -> list[int]:
         raise ValueError("--lm_weight and --cl_weight must be >= 0")
     if args.lm_weight > 0 and not args.lm_train_file:
         raise ValueError("--lm_weight > 0 needs monolingual text: give --lm_train_file")
-    for name in ("train_file", "validation_file", "lm_train_file"):
+    if args.cl_weight == 0 and args.lm_weight == 0:
+        raise ValueError("--cl_weight 0 (the no-CL control) trains the LM loss alone: give --lm_weight > 0")
+    if not 0 <= args.lm_ko_ratio <= 1:
+        raise ValueError(f"--lm_ko_ratio must be in [0, 1], got {args.lm_ko_ratio}")
+    if (args.mix_entropy_weight or args.mix_temperature_final is not None) and args.mix_layers is None:
+        raise ValueError("--mix_entropy_weight and --mix_temperature_final need a mixture (--mix_layers)")
+    if args.mix_temperature_final is not None and args.mix_temperature_final <= 0:
+        raise ValueError(f"--mix_temperature_final must be > 0, got {args.mix_temperature_final}")
+    for name in ("train_file", "validation_file", "lm_train_file", "lm_en_train_file"):
         path = getattr(args, name)
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"--{name} {path}: no such file")
     return layers
 
 
-def ddp_kwargs(lm_weight: float) -> DistributedDataParallelKwargs:
-    """Without an LM loss, lm_head and the layers above the pooled one get no gradient, and DDP then
-    skips its gradient all-reduce silently unless it searches for unused parameters each step."""
-    return DistributedDataParallelKwargs(find_unused_parameters=lm_weight == 0)
+def ddp_kwargs(lm_weight: float, cl_weight: float = 1.0) -> DistributedDataParallelKwargs:
+    """Without an LM loss, lm_head and the layers above the pooled one get no gradient (without the
+    contrastive loss, the mixture logits get none), and DDP then skips its gradient all-reduce silently
+    unless it searches for unused parameters each step."""
+    return DistributedDataParallelKwargs(find_unused_parameters=lm_weight == 0 or cl_weight == 0)
 
 
-def select_trainable(model: nn.Module, spec: str) -> list[str]:
-    """Set requires_grad from --trainable; return the names of the trainable parameters."""
+def select_trainable(model: nn.Module, spec: str, base_vocab_size: int | None = None) -> list[str]:
+    """Set requires_grad from --trainable; return the names of the trainable parameters.
+
+    'new_token_embeddings' trains the input embeddings with a gradient hook that zeroes the rows below
+    ``base_vocab_size``: with no weight decay on embeddings, AdamW then leaves those rows bitwise unchanged."""
     embeddings = model.get_input_embeddings().weight
+    if spec == "new_token_embeddings":
+        if base_vocab_size is None or not 0 < base_vocab_size < embeddings.shape[0]:
+            raise ValueError(f"--trainable new_token_embeddings: the base vocabulary size {base_vocab_size} must be "
+                             f"between 1 and the model's {embeddings.shape[0] - 1} (give --base_vocab_size, or "
+                             "train from a folder written by data_prep/expand_vocab.py)")
+        keep = torch.ones(embeddings.shape[0], 1, dtype=embeddings.dtype, device=embeddings.device)
+        keep[:base_vocab_size] = 0
+        embeddings.register_hook(lambda grad: grad * keep.to(grad.dtype))
     names = []
     for name, p in model.named_parameters():
         if spec == "all":
             train = True
-        elif spec == "embeddings":
+        elif spec in ("embeddings", "new_token_embeddings"):
             train = p is embeddings
         else:
             train = any(re.search(pattern, name) for pattern in spec.split(","))
@@ -305,20 +358,38 @@ class ContrastiveModel(nn.Module):
         """(B, D) sentence vectors through the trained LM, or through a frozen ``encoder`` (no gradient)."""
         return self.combine(self.encode_layers(input_ids, attention_mask, encoder))
 
-    def forward(self, ko_input_ids, ko_attention_mask, en_input_ids, en_attention_mask, english_encoder=None,
-                lm_input_ids=None):
-        ko = self.encode(ko_input_ids, ko_attention_mask)
-        en = self.encode(en_input_ids, en_attention_mask, encoder=english_encoder)
+    def forward(self, ko_input_ids=None, ko_attention_mask=None, en_input_ids=None, en_attention_mask=None,
+                english_encoder=None, lm_input_ids=None):
+        """(ko, en, lm_loss, mix_entropy): without pairs (the no-CL control) ko and en are None; without a
+        mixture, mix_entropy is None (else H(w) = -sum_k w_k log w_k of the layer weights)."""
+        ko = en = None
+        if ko_input_ids is not None:
+            ko = self.encode(ko_input_ids, ko_attention_mask)
+            en = self.encode(en_input_ids, en_attention_mask, encoder=english_encoder)
         lm_loss = self.lm(input_ids=lm_input_ids, labels=lm_input_ids).loss if lm_input_ids is not None else None
-        return ko, en, lm_loss
+        mix_entropy = None
+        if self.mixture is not None:
+            w = self.mixture.weights()
+            mix_entropy = -(w * torch.log(w.clamp_min(1e-12))).sum()
+        return ko, en, lm_loss, mix_entropy
 
 
-def step_losses(ko: Tensor, en: Tensor, lm_loss: Tensor | None, *, temperature: float, symmetric: bool,
-                cl_weight: float, lm_weight: float, pair_keys: Tensor | None = None) -> tuple:
-    """One step's losses (total, contrastive, LM or None): cl_weight * InfoNCE(ko, en) + lm_weight * LM.
-    With ``pair_keys`` (B, 2), candidates sharing a sentence with the anchor's pair are not negatives."""
-    cl_loss = info_nce(ko, en, temperature=temperature, symmetric=symmetric, pair_keys=pair_keys)
-    total = cl_weight * cl_loss + (lm_weight * lm_loss if lm_loss is not None else 0.0)
+def step_losses(ko: Tensor | None, en: Tensor | None, lm_loss: Tensor | None, *, temperature: float,
+                symmetric: bool, cl_weight: float, lm_weight: float, pair_keys: Tensor | None = None,
+                mix_entropy: Tensor | None = None, mix_entropy_weight: float = 0.0) -> tuple:
+    """One step's losses (total, contrastive or None, LM or None):
+    cl_weight * InfoNCE(ko, en) + lm_weight * LM + mix_entropy_weight * H(w).
+    With ``pair_keys`` (B, 2), candidates sharing a sentence with the anchor's pair are not negatives.
+    Without pairs (ko None: the no-CL control) there is no contrastive term."""
+    cl_loss = None
+    total = 0.0
+    if ko is not None:
+        cl_loss = info_nce(ko, en, temperature=temperature, symmetric=symmetric, pair_keys=pair_keys)
+        total = cl_weight * cl_loss
+    if lm_loss is not None:
+        total = total + lm_weight * lm_loss
+    if mix_entropy is not None and mix_entropy_weight:
+        total = total + mix_entropy_weight * mix_entropy
     return total, cl_loss, lm_loss
 
 
@@ -391,7 +462,7 @@ def main(argv: list[str] | None = None):
         mixed_precision="bf16" if args.bf16 else None,
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=args.output_dir,
-        kwargs_handlers=[*process_group_kwargs(), ddp_kwargs(args.lm_weight)],
+        kwargs_handlers=[*process_group_kwargs(), ddp_kwargs(args.lm_weight, args.cl_weight)],
     )
     # [shared: setup]
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -416,7 +487,11 @@ def main(argv: list[str] | None = None):
         with unpartitioned(accelerator):
             frozen_en = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
         frozen_en.requires_grad_(False).eval().to(accelerator.device, dtype=torch.bfloat16 if args.bf16 else None)
-    trainable = select_trainable(lm, args.trainable)
+    base_vocab_size = args.base_vocab_size
+    expansion = Path(args.model_name_or_path) / "expand_vocab.json"
+    if args.trainable == "new_token_embeddings" and base_vocab_size is None and expansion.is_file():
+        base_vocab_size = json.loads(expansion.read_text())["base_vocab_size"]
+    trainable = select_trainable(lm, args.trainable, base_vocab_size)
     mixture = LayerMixture(layers, args.mix_temperature, normalize=args.mix_normalize) if args.mix_layers else None
     model = ContrastiveModel(lm, layers=layers, pooling=args.pooling, exclude_bos=not args.include_bos,
                              bos_token_id=tokenizer.bos_token_id, mixture=mixture)
@@ -429,17 +504,22 @@ def main(argv: list[str] | None = None):
     with accelerator.main_process_first():
         train_pairs = load_pairs(args.train_file, tokenizer, args.max_seq_length)
         val_pairs = load_pairs(args.validation_file, tokenizer, args.max_seq_length) if args.validation_file else None
-        lm_blocks = None
+        # LM text: Korean (--lm_train_file) and, with --lm_en_train_file, English, mixed by --lm_ko_ratio
+        lm_sets = {}
         if args.lm_weight > 0:
-            lm_blocks = load_text_blocks(args.lm_train_file, tokenizer, args.block_size,
-                                         lm.config.max_position_embeddings)
+            n_ko = args.per_device_lm_batch_size
+            if args.lm_en_train_file:
+                n_ko = round(args.lm_ko_ratio * args.per_device_lm_batch_size)
+            per_lang = {"ko": (args.lm_train_file, n_ko),
+                        "en": (args.lm_en_train_file, args.per_device_lm_batch_size - n_ko)}
+            lm_sets = {lang: (load_text_blocks(path, tokenizer, args.block_size, lm.config.max_position_embeddings), n)
+                       for lang, (path, n) in per_lang.items() if n}
     pair_sampler = LengthGroupedBatchSampler(train_pairs["length"], global_batch, seed=args.seed,
                                              group_by_length=args.group_by_length)
     samplers = [pair_sampler]
-    if lm_blocks is not None:
-        samplers.append(LengthGroupedBatchSampler([args.block_size] * len(lm_blocks),
-                                                  args.per_device_lm_batch_size * world, seed=args.seed + 1,
-                                                  group_by_length=False))
+    for offset, (blocks, n) in enumerate(lm_sets.values(), start=1):
+        samplers.append(LengthGroupedBatchSampler([args.block_size] * len(blocks), n * world,
+                                                  seed=args.seed + offset, group_by_length=False))
     steps_per_epoch = max(len(s) for s in samplers)
     max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
 
@@ -479,9 +559,9 @@ def main(argv: list[str] | None = None):
     pair_loader = DataLoader(train_pairs, batch_sampler=ShardedBatches(pair_sampler, start_step, rank, world),
                              collate_fn=collate, num_workers=args.dataloader_num_workers)
     streams = [pair_loader]
-    if lm_blocks is not None:
-        streams.append(DataLoader(lm_blocks.with_format("torch"), num_workers=args.dataloader_num_workers,
-                                  batch_sampler=ShardedBatches(samplers[1], start_step, rank, world)))
+    for (blocks, _), sampler in zip(lm_sets.values(), samplers[1:]):
+        streams.append(DataLoader(blocks.with_format("torch"), num_workers=args.dataloader_num_workers,
+                                  batch_sampler=ShardedBatches(sampler, start_step, rank, world)))
     # Validation: a seeded sample over the whole file, stratified by source, the same at every eval.
     val_loader = None
     if val_pairs is not None:
@@ -525,14 +605,15 @@ def main(argv: list[str] | None = None):
             extra_files["layer_weights.json"] = json.dumps(dict(zip(map(str, layers), layer_weights())), indent=2)
         save_checkpoint(accelerator, model, tokenizer, args.output_dir, step, asdict(args),
                         args.save_total_limit, submodule="lm", extra_files=extra_files,
-                        save_state_limit=args.save_state_limit)
+                        save_state_limit=args.save_state_limit,
+                        frozen_source=args.model_name_or_path)
 
     # Loop
     if start_step == 0:
         log_eval(0)
     model.train()
     progress = tqdm(range(max_steps), initial=start_step, disable=not accelerator.is_main_process, desc="stage 1")
-    window = {"cl_loss": [], "lm_loss": [], "dup_masked": []}
+    window = {"cl_loss": [], "lm_loss": [], "dup_masked": [], "mix_entropy": []}
     t0 = time.perf_counter()
     step = start_step
     for batches in zip(*streams):
@@ -540,11 +621,19 @@ def main(argv: list[str] | None = None):
             break
         batch = {k: v.to(accelerator.device) for k, v in batches[0].items()}
         pair_keys = batch.pop("pair_keys")
-        lm_batch = batches[1]["input_ids"].to(accelerator.device) if len(batches) > 1 else None
-        ko, en, lm_loss = model(**batch, english_encoder=frozen_en, lm_input_ids=lm_batch)
+        if args.cl_weight == 0:  # the no-CL control: the pairs are not even encoded
+            batch = {}
+        lm_batch = None
+        if len(batches) > 1:
+            lm_batch = torch.cat([b["input_ids"] for b in batches[1:]]).to(accelerator.device)
+        if mixture is not None and args.mix_temperature_final is not None:  # annealed linearly over the run
+            mixture.temperature = args.mix_temperature + (args.mix_temperature_final - args.mix_temperature) * (
+                step / max(1, max_steps - 1))
+        ko, en, lm_loss, mix_entropy = model(**batch, english_encoder=frozen_en, lm_input_ids=lm_batch)
         loss, cl_loss, lm_loss = step_losses(ko, en, lm_loss, temperature=args.temperature, symmetric=args.symmetric,
                                              cl_weight=args.cl_weight, lm_weight=args.lm_weight,
-                                             pair_keys=pair_keys if args.mask_duplicates else None)
+                                             pair_keys=pair_keys if args.mask_duplicates else None,
+                                             mix_entropy=mix_entropy, mix_entropy_weight=args.mix_entropy_weight)
         # [shared: optimizer step]
         accelerator.backward(loss)
         if args.max_grad_norm > 0:
@@ -555,7 +644,10 @@ def main(argv: list[str] | None = None):
         step += 1
         progress.update(1)
         # [/shared]
-        window["cl_loss"].append(cl_loss.detach())
+        if cl_loss is not None:
+            window["cl_loss"].append(cl_loss.detach())
+        if mix_entropy is not None:
+            window["mix_entropy"].append(mix_entropy.detach())
         all_keys = gather(pair_keys)  # the same count on every process: the cells of the global batch
         window["dup_masked"].append(duplicate_mask(all_keys, all_keys).sum().float())
         if lm_loss is not None:
@@ -564,13 +656,14 @@ def main(argv: list[str] | None = None):
         if step % args.logging_steps == 0 or step == max_steps:
             logs = {k: accelerator.reduce(torch.stack(v).mean(), "mean").item() for k, v in window.items() if v}
             logs["lr"] = scheduler.get_last_lr()[0]
-            logs["pairs_per_s"] = len(window["cl_loss"]) * global_batch / (time.perf_counter() - t0)
+            logs["pairs_per_s"] = len(window["dup_masked"]) * global_batch / (time.perf_counter() - t0)
             if accelerator.device.type == "cuda":
                 logs["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             if mixture is not None:
                 logs.update({f"layer_weight/{layer}": w for layer, w in zip(layers, layer_weights())})
+                logs["mix_temperature"] = mixture.temperature
             write_log(logs, step)
-            progress.set_postfix(cl_loss=f"{logs['cl_loss']:.4f}")
+            progress.set_postfix(loss=f"{logs.get('cl_loss', logs.get('lm_loss')):.4f}")
             logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
             window = {k: [] for k in window}
             t0 = time.perf_counter()

@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None):
 
     def save(step: int) -> None:
         save_checkpoint(accelerator, model, tokenizer, args.output_dir, step, asdict(args), args.save_total_limit,
-                        save_state_limit=args.save_state_limit)
+                        save_state_limit=args.save_state_limit,
+                        frozen_source=args.model_name_or_path)
 
     if start_step == 0:
         log_eval(0)

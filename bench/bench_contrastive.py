@@ -94,7 +94,7 @@ def time_steps(model_cls, lm_state, config, layer, batches, args, device) -> dic
 
     def step(batch):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            ko, en, _ = model(**batch)
+            ko, en, _, _ = model(**batch)
             loss, _, _ = tc.step_losses(ko, en, None, temperature=0.05, symmetric=True, cl_weight=1.0, lm_weight=0.0)
         loss.backward()
         opt.step()

@@ -124,7 +124,7 @@ def run_scenario(name, config, lm_state, pair_batches, args, device, batch_size)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             if stage1:
                 lm_batch = blocks[i % 2] if lm_weight > 0 else None
-                ko, en, lm_loss = model(**pair_batches[i % len(pair_batches)], english_encoder=frozen,
+                ko, en, lm_loss, _ = model(**pair_batches[i % len(pair_batches)], english_encoder=frozen,
                                         lm_input_ids=lm_batch)
                 loss, _, _ = tc.step_losses(ko, en, lm_loss, temperature=0.05, symmetric=True, cl_weight=1.0,
                                             lm_weight=lm_weight)

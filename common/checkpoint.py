@@ -249,6 +249,41 @@ def load_export_weights(ckpt: Path) -> dict:
     return load_file(str(ckpt / "model.safetensors"))
 
 
+def read_tensors(folder: Path, names: set[str]) -> dict:
+    """The tensors ``names`` of a safetensors model folder (one file or an index of shards), read one by one."""
+    from safetensors import safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = {weight_map[n] for n in names if n in weight_map}
+    else:
+        files = {"model.safetensors"}
+    found = {}
+    for file in sorted(files):
+        with safe_open(str(folder / file), framework="pt") as f:
+            for name in names & set(f.keys()):
+                found[name] = f.get_tensor(name)
+    return found
+
+
+def restore_frozen(state: dict, model, source: str | None) -> list[str]:
+    """Under DeepSpeed with bf16 the engine holds every parameter in bf16, so the export of a parameter
+    that never trained would be a rounded copy. Put back, bitwise, the starting checkpoint's tensors of
+    the parameters that do not train (``requires_grad`` False), when ``source`` is a local safetensors
+    folder. Trainable tensors stay as the engine holds them (bf16 under a bf16 config, rows that never
+    received a gradient included). Returns the names restored."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad and name in state}
+    if not frozen or not source or not Path(source, "config.json").is_file():
+        return []
+    original = read_tensors(Path(source), frozen)
+    if len(original) < len(frozen):
+        logger.warning("%s lacks %d frozen tensors; the export keeps the engine's copies of those",
+                       source, len(frozen) - len(original))
+    state.update(original)
+    return sorted(original)
+
+
 def register_weights_in_export(accelerator, submodule: str | None = None) -> None:
     """Keep the model weights out of the resume state (they are in the export beside it) and read them
     back from the export on resume. Without DeepSpeed only: its engine writes its own checkpoint.
@@ -293,14 +328,17 @@ def load_resume_state(accelerator, ckpt: Path) -> None:
 
 def save_checkpoint(accelerator, model, tokenizer, output_dir: str, step: int, training_args: dict,
                     save_total_limit: int | None = None, submodule: str | None = None,
-                    extra_files: dict[str, str] | None = None, save_state_limit: int = 1) -> Path:
+                    extra_files: dict[str, str] | None = None, save_state_limit: int = 1,
+                    frozen_source: str | None = None) -> Path:
     """Write ``output_dir/checkpoint-{step}``; every process must call it.
 
     ``model`` is the prepared model. With ``submodule`` (e.g. "lm"), the Hugging Face folder is that
     attribute of the unwrapped model, saved from the matching keys of the full state dict, which
     ``accelerator.get_state_dict`` gathers on the main process even under ZeRO-3. ``extra_files``
     are written beside it (name -> text). Only the newest ``save_state_limit`` checkpoints keep their
-    resume state (0: all); only the newest ``save_total_limit`` checkpoints are kept at all.
+    resume state (0: all); only the newest ``save_total_limit`` checkpoints are kept at all. Under
+    DeepSpeed, the frozen parameters are exported from ``frozen_source`` (the starting checkpoint), exactly
+    (``restore_frozen``).
     """
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = final.with_name(final.name + ".tmp")
@@ -318,6 +356,8 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str, step: int, t
         prefix = submodule + "."
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if state is not None else None
     if accelerator.is_main_process:
+        if accelerator.state.deepspeed_plugin is not None:
+            restore_frozen(state, hf_model, frozen_source)
         hf_model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / "training_args.json").write_text(json.dumps(training_args, indent=2))

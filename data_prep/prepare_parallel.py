@@ -69,6 +69,8 @@ import csv
 import hashlib
 import json
 import os
+import re
+import shlex
 import time
 from array import array
 from collections import defaultdict
@@ -76,7 +78,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
-from itertools import chain, groupby
+from itertools import chain, groupby, islice
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +98,8 @@ from data_prep.sources import (
     iter_lines,
     lower_ext,
     name_tokens,
-    split_from_names,
+    part_path,
+    split_of,
 )
 
 csv.field_size_limit(1 << 30)
@@ -113,10 +116,12 @@ class Arguments:
         "help": "Line-aligned Korean text files (NAME=PATH allowed), paired by position with --en_files."})
     en_files: list[str] = field(default_factory=list, metadata={
         "help": "Line-aligned English text files, paired by position with --ko_files."})
-    ko_field: str | None = field(default=None, metadata={
-        "help": "Name of the Korean field/column (for header-less TSV: its 0-based number); overrides detection."})
-    en_field: str | None = field(default=None, metadata={
-        "help": "Name of the English field/column (for header-less TSV: its 0-based number); overrides detection."})
+    ko_field: list[str] = field(default_factory=list, metadata={
+        "help": "Name(s) of the Korean field/column, paired by position with --en_field; overrides the layout "
+                "detection. Several names: the first pair a file has is read. 'a.b' reads a nested JSON field; "
+                "for header-less TSV: the column's 0-based number."})
+    en_field: list[str] = field(default_factory=list, metadata={
+        "help": "Name(s) of the English field/column, paired by position with --ko_field."})
     exclude: list[str] = field(default_factory=list, metadata={
         "help": "Glob patterns (fnmatch on the file's full name, archive path included) of files to leave out."})
     encoding: str = field(default="utf-8", metadata={
@@ -125,8 +130,9 @@ class Arguments:
         "help": "Share of the pairs of corpora without their own split that go to validation (decided by a hash "
                 "of the pair)."})
     split_from_names: bool = field(default=True, metadata={
-        "help": "Keep a corpus's own split when a path component names it "
-                "(train/TL_/훈련, valid/dev/test/VL_/검증); false: the hash decides for everything."})
+        "help": "Keep a corpus's own split when a path component names it (AI-Hub TL1/TS1/VL1/VS1 markers, "
+                "Training/Validation/학습/검증 folders, train/valid/dev/test in a name); false: the hash decides "
+                "for everything."})
     min_chars: int = field(default=1, metadata={
         "help": "Remove pairs with a side shorter than this many characters (after cleaning)."})
     max_chars: int = field(default=1000, metadata={
@@ -150,6 +156,7 @@ ROLE_TOKENS = {"src", "ref", "source", "target", "tgt", "reference"}
 STS_HEADER = ["genre", "filename", "year", "id", "score", "sentence1", "sentence2"]
 DATA_EXTS = {".xlsx", ".xlsm", ".csv", ".json", ".jsonl"}
 MAX_EXAMPLES = 3
+LOOK_AHEAD = 100  # records read to tell a one-language JSON file from one whose first record lacks a side
 
 
 # ------------------------------------------------------------------------------------------- detection
@@ -165,16 +172,49 @@ def path_direction(parts: tuple[str, ...]) -> str | None:
     return None
 
 
-def detect_fields(fields: list[str], where: str, args: Arguments,
-                  parts: tuple[str, ...]) -> tuple[str, str, str, str]:
-    """(ko key, en key, direction, layout name) for records with these fields. direction: 'koen'
-    (as named), 'enko' (swap), or 'auto' (swap a record when only the en field holds Hangul)."""
-    if args.ko_field or args.en_field:
-        missing = [f for f in (args.ko_field, args.en_field) if f not in fields]
-        if not args.ko_field or not args.en_field or missing:
-            raise DataError(f"{where}: --ko_field {args.ko_field!r} / --en_field {args.en_field!r} not found; "
-                            f"fields: {fields}")
-        return args.ko_field, args.en_field, "koen", f"{args.ko_field}/{args.en_field}"
+class OneLanguage(DataError):
+    """A file with the Korean or the English field of a layout but not the other (AI-Hub's 원천데이터,
+    source text without its translation): skipped and counted in a whole tree, an error when named."""
+
+
+_MISSING = object()
+
+
+def lookup(record: dict, name: str, default=None):
+    """``record[name]``, or for a dotted name absent as such, the nested field (``translation.ko``)."""
+    if name in record:
+        return record[name]
+    if "." not in name:
+        return default
+    value = record
+    for key in name.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return default
+        value = value[key]
+    return value
+
+
+def detect_fields(fields: list[str], where: str, args: Arguments, parts: tuple[str, ...],
+                  record: dict | None = None) -> tuple[str, str, str, str]:
+    """(ko key, en key, direction, layout name) for records with these fields (``record``: the first
+    record, where nested ``a.b`` names are looked up). direction: 'koen' (as named), 'enko' (swap), or
+    'auto' (swap a record when only the en field holds Hangul). A file with one side of a layout only
+    raises ``OneLanguage``."""
+    if args.ko_field:
+        def present(name):
+            return name in fields or (record is not None and lookup(record, name, _MISSING) is not _MISSING)
+
+        pairs = list(zip(args.ko_field, args.en_field))
+        for ko, en in pairs:
+            if present(ko) and present(en):
+                # 'auto': a record whose Korean field has no Hangul while its English field does is read the
+                # other way round (the 영한 sets of a 원문/최종번역문 layout); such a pair was lost otherwise
+                return ko, en, "auto", f"{ko}/{en}"
+        for ko, en in pairs:
+            if present(ko) != present(en):
+                raise one_language(where, fields, (ko, en), ko if present(ko) else en, "--ko_field/--en_field")
+        names = " ".join(f"--ko_field {ko} --en_field {en}" for ko, en in pairs)
+        raise DataError(f"{where}: {names}: not found among the fields {fields}")
     by_lower = {f.strip().lower(): f for f in fields if isinstance(f, str)}
     for ko, en in KNOWN_FIELDS:
         if ko in by_lower and en in by_lower:
@@ -182,8 +222,20 @@ def detect_fields(fields: list[str], where: str, args: Arguments,
             if (ko, en) == ("원문", "최종번역문"):
                 direction = path_direction(parts) or "auto"
             return by_lower[ko], by_lower[en], direction, f"{ko}/{en}"
+    for ko, en in KNOWN_FIELDS:
+        if (ko in by_lower) != (en in by_lower):
+            raise one_language(where, fields, (ko, en), by_lower.get(ko) or by_lower[en], "the layout detection")
     raise DataError(f"{where}: cannot tell the Korean and English fields among {fields}; "
                     "pass --ko_field and --en_field")
+
+
+def one_language(where: str, fields: list, layout: tuple[str, str], found: str, by: str) -> OneLanguage:
+    lang = "Korean" if found == layout[0] else "English"
+    missing = layout[1] if found == layout[0] else layout[0]
+    return OneLanguage(f"{where}: one language only: the {lang} field {found!r} of the {layout[0]}/{layout[1]} "
+                       f"layout ({by}) without {missing!r} (fields: {fields}); not parallel data (AI-Hub's "
+                       "원천데이터 hold the source text alone: pass the 라벨링데이터, or the whole tree, where "
+                       "such files are skipped); other field names: --ko_field and --en_field")
 
 
 def oriented(ko, en, direction: str):
@@ -294,16 +346,21 @@ def read_xlsx(entry: Entry, args: Arguments) -> tuple[str, Iterator[tuple]]:
         raise DataError(f"{entry.name}: cannot read as an xlsx workbook ({type(e).__name__}: {e})") from None
     layouts = []
     sheets = []
-    for ws in wb.worksheets:
-        rows = ws.iter_rows(values_only=True)
-        header = next(rows, None)
-        if header is None:
-            continue
-        names = ["" if h is None else str(h).strip() for h in header]
-        where = f"{entry.name} sheet {ws.title!r} row 1"
-        ko_key, en_key, direction, layout = detect_fields(names, where, args, entry.parts)
-        sheets.append((ws.title, rows, names.index(ko_key), names.index(en_key), direction))
-        layouts.append(layout)
+    try:
+        for ws in wb.worksheets:
+            rows = ws.iter_rows(values_only=True)
+            header = next(rows, None)
+            if header is None:
+                continue
+            names = ["" if h is None else str(h).strip() for h in header]
+            where = f"{entry.name} sheet {ws.title!r} row 1"
+            ko_key, en_key, direction, layout = detect_fields(names, where, args, entry.parts)
+            sheets.append((ws.title, rows, names.index(ko_key), names.index(en_key), direction))
+            layouts.append(layout)
+    except BaseException:
+        wb.close()
+        f.close()
+        raise
 
     def gen():
         try:
@@ -334,14 +391,29 @@ def read_records(entry: Entry, records: Iterator[tuple], args: Arguments, kind: 
     record, where = first
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected JSON objects with Korean and English fields, got {type(record).__name__}")
-    ko_key, en_key, direction, layout = detect_fields(list(record), where, args, entry.parts)
+    try:
+        ko_key, en_key, direction, layout = detect_fields(list(record), where, args, entry.parts, record)
+    except OneLanguage:
+        # one record without its translation is a malformed row, not a one-language file: look further
+        ahead = list(islice(records, LOOK_AHEAD))
+        records = chain(ahead, records)
+        for rec, at in ahead:
+            if isinstance(rec, dict):
+                try:
+                    ko_key, en_key, direction, layout = detect_fields(list(rec), at, args, entry.parts, rec)
+                    break
+                except DataError:
+                    continue
+        else:
+            raise
+    get = lookup if "." in ko_key + en_key else dict.get
 
     def gen():
         for rec, at in chain((first,), records):
             if not isinstance(rec, dict):
                 yield None, None, at
                 continue
-            yield *oriented(as_text(rec.get(ko_key)), as_text(rec.get(en_key)), direction), at
+            yield *oriented(as_text(get(rec, ko_key)), as_text(get(rec, en_key)), direction), at
 
     return f"{kind} {layout}", gen()
 
@@ -368,12 +440,12 @@ def read_delimited(entry: Entry, args: Arguments, header_line: str) -> tuple[str
     try:
         ko_key, en_key, direction, layout = detect_fields(header, f"{entry.name}:1", args, entry.parts)
         has_header = True
-    except DataError:
+    except DataError as e:
         if not tab:
             raise
         cols = headerless_columns(entry, args)
         if cols is None:
-            if ext in DATA_EXTS:
+            if ext in DATA_EXTS or isinstance(e, OneLanguage):
                 raise
             return None
         (i, j), has_header, direction, layout = cols, False, "koen", f"header-less columns {cols[0]}/{cols[1]}"
@@ -404,8 +476,8 @@ def read_delimited(entry: Entry, args: Arguments, header_line: str) -> tuple[str
 def headerless_columns(entry: Entry, args: Arguments, sample: int = 200) -> tuple[int, int] | None:
     """(ko column, en column) of a header-less TSV: the column mostly Hangul, and among the columns
     mostly Latin the one with the most varied starts (so Tatoeba's attribution column is not taken)."""
-    if args.ko_field is not None and args.en_field is not None and args.ko_field.isdigit() and args.en_field.isdigit():
-        return int(args.ko_field), int(args.en_field)
+    if len(args.ko_field) == 1 and args.ko_field[0].isdigit() and args.en_field[0].isdigit():
+        return int(args.ko_field[0]), int(args.en_field[0])
     rows = []
     with entry.open() as f:
         for n, line in iter_lines(f, entry.name, args.encoding):
@@ -469,6 +541,7 @@ def plan(args: Arguments, stack: ExitStack, stats: dict) -> list[Job]:
         if not entries:
             why = f"all {len(found)} file(s) left out by --exclude {args.exclude}" if found else "no files in it"
             raise DataError(f"{spec}: no parallel pairs: {why}")
+        entries = without_merged_parts(entries, stats)
         first_job = len(jobs)
         direct = (len(entries) == 1 and os.path.isfile(path)
                   and lower_ext(path) not in (".zip", ".tar", ".tar.gz", ".tgz"))
@@ -505,6 +578,42 @@ def plan(args: Arguments, stack: ExitStack, stats: dict) -> list[Job]:
         seen[key] = " + ".join(e.name for e in job.entries)
         unique.append(job)
     return unique
+
+
+_PART = re.compile(r"(.+)\.part(\d+)", re.IGNORECASE)
+
+
+def without_merged_parts(entries: list[Entry], stats: dict) -> list[Entry]:
+    """The entries without the parts of a split download (``x.zip.part0``, ``x.zip.part1``, ...). Parts
+    beside their merged file (``x.zip``) are skipped (counted); parts without it stop the run with the
+    command that merges them: a part alone is no readable file, and reading the parts' data as
+    separate files (or skipping them) would lose the corpus without a word."""
+    groups = defaultdict(list)
+    for e in entries:
+        if m := _PART.fullmatch(e.name):
+            groups[m.group(1)].append((int(m.group(2)), e))
+    if not groups:
+        return entries
+    names = {e.name for e in entries}
+    for base, found in groups.items():
+        if base in names or os.path.exists(base) or any(n.startswith(base + "/") for n in names):
+            for _, e in found:
+                note_skip(stats, e.name, "part_of_merged_file", f"a part of {base}, which is read instead")
+            continue
+        folder = os.path.dirname(base)
+        parts = {n: e.name for n, e in found}
+        if found[0][1].path is not None and os.path.isdir(folder):  # a part named alone: its siblings too
+            for f in os.listdir(folder):
+                if (m := _PART.fullmatch(os.path.join(folder, f))) and m.group(1) == base:
+                    parts.setdefault(int(m.group(2)), os.path.join(folder, f))
+        numbers = sorted(parts)
+        missing = sorted(set(range(min(numbers[0], 1), numbers[-1] + 1)) - set(numbers))
+        gap = (f"; part(s) {', '.join(map(str, missing))} missing: download them first" if missing else "")
+        merge = " ".join(shlex.quote(parts[n]) for n in numbers)
+        raise DataError(f"{found[0][1].name}: one part of a download split into {len(parts)} part(s) "
+                        f"({', '.join(os.path.basename(parts[n]) for n in numbers)}){gap}; merge them, in this "
+                        f"order, into one file and pass that: cat {merge} > {shlex.quote(base)}")
+    return [e for e in entries if not _PART.fullmatch(e.name)]
 
 
 def open_job(job: Job, args: Arguments) -> tuple[str, Iterator[tuple]] | None:
@@ -558,44 +667,10 @@ def pair_hash(ko: str, en: str) -> tuple[int, int]:
     return int.from_bytes(d[:8], "little"), int.from_bytes(d[8:], "little") % 1_000_000
 
 
-def new_source_stats() -> dict:
-    return {"files": 0, "layouts": defaultdict(int), "rows_read": 0, "blank_rows": 0, "train": 0, "validation": 0,
-            "removed": defaultdict(int), "examples": defaultdict(list)}
-
-
 def first_occurrences(hashes: np.ndarray) -> np.ndarray:
     keep = np.zeros(len(hashes), dtype=bool)
     keep[np.unique(hashes, return_index=True)[1]] = True
     return keep
-
-
-def check_args(args: Arguments) -> None:
-    if not args.inputs and not args.ko_files:
-        raise ValueError("nothing to read: give --inputs and/or --ko_files/--en_files")
-    if not 0 <= args.validation_ratio < 1:
-        raise ValueError(f"--validation_ratio must be in [0, 1), got {args.validation_ratio}")
-    if args.min_chars < 1 or args.max_chars < args.min_chars:
-        raise ValueError("need 1 <= --min_chars <= --max_chars")
-
-
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_arguments(Arguments, argv)
-    check_args(args)
-    t0 = time.perf_counter()
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stats = {"sources": defaultdict(new_source_stats), "skipped_files": {}, "duplicate_files": {}, "repeats": {},
-             "duplicates_by_input": defaultdict(int)}
-    cand = {s: out / f".{s}.candidates.jsonl" for s in ("train", "validation")}
-    hashes = {s: array("Q") for s in cand}
-    try:
-        split_by = read_all(args, stats, cand, hashes)
-        check_validation_split(args, split_by, hashes)
-        write_outputs(out, stats, cand, hashes)
-    finally:  # a failed run leaves no half-written candidates behind
-        for p in cand.values():
-            p.unlink(missing_ok=True)
-    return finish(args, stats, out, time.perf_counter() - t0)
 
 
 def check_no_pairs(spec: str, tally: dict) -> None:
@@ -611,21 +686,26 @@ def check_no_pairs(spec: str, tally: dict) -> None:
     if tally["read"]:
         raise DataError(f"{spec}: no parallel pairs: the {tally['read']} file(s) recognised "
                         f"({', '.join(sorted(tally['layouts']))}) hold no rows")
-    skipped = tally["skipped"]
-    raise DataError(f"{spec}: no parallel pairs: none of its {len(skipped)} file(s) is recognised as parallel data "
-                    f"(e.g. {', '.join(skipped[:3])}){aligned_hint(None)}")
+    skipped, examples = tally["skipped"], tally["skipped_examples"]
+    n = sum(skipped.values())
+    why = ""
+    if skipped.get("one_language"):
+        why = (f"; {skipped['one_language']} of them hold one language only (AI-Hub's 원천데이터?), e.g. "
+               f"{examples['one_language']}")
+    raise DataError(f"{spec}: no parallel pairs: none of its {n} file(s) is recognised as parallel data "
+                    f"(e.g. {', '.join(tally['skipped_names'])}){why}{aligned_hint(None)}")
 
 
-def check_validation_split(args: Arguments, split_by: dict, hashes: dict) -> None:
+def check_validation_split(args: Arguments, split_by: dict, cand: "Candidates") -> None:
     """An empty validation split, when one was asked for (``--validation_ratio`` > 0), is an error, not
     a warning: the trainers refuse an empty --validation_file ("no pairs") only when a training run
     starts, possibly long after this run's summary scrolled away, and a model picked without validation
     numbers is worse than a rerun of this script with one flag changed. The cases are small or
     training-only inputs, where the message gives the flag; ``--validation_ratio 0`` says that no
     validation split is wanted (validation.jsonl is then written empty on purpose)."""
-    if args.validation_ratio == 0 or len(hashes["validation"]) or not len(hashes["train"]):
+    if args.validation_ratio == 0 or len(cand.hashes["validation"]) or not len(cand.hashes["train"]):
         return
-    kept = len(hashes["train"])
+    kept = len(cand.hashes["train"])
     hashed, named = split_by["hash"], split_by["named_train"]
     parts = [f"the validation split is empty: {kept} pairs kept, all in train"]
     fixes = []
@@ -638,46 +718,149 @@ def check_validation_split(args: Arguments, split_by: dict, hashes: dict) -> Non
                      f"{round(suggest * hashed)} of these {hashed} pairs)")
     if named:
         parts.append(f"{named} from files whose path names them as training (e.g. {split_by['named_example']})")
-        fixes.append("add a validation file (a path naming valid/dev/test/VL_/검증), or pass "
+        fixes.append("add a validation file (a path naming VL1/VS1/Validation/검증/valid/dev/test), or pass "
                      "--split_from_names false so that the hash splits them too")
     raise DataError("; ".join(parts) + ". To get a validation split, " + "; or ".join(fixes)
                     + ". To go without one, pass --validation_ratio 0 (training pairs only).")
 
 
+def check_args(args: Arguments) -> None:
+    if not args.inputs and not args.ko_files:
+        raise ValueError("nothing to read: give --inputs and/or --ko_files/--en_files")
+    if not 0 <= args.validation_ratio < 1:
+        raise ValueError(f"--validation_ratio must be in [0, 1), got {args.validation_ratio}")
+    if args.min_chars < 1 or args.max_chars < args.min_chars:
+        raise ValueError("need 1 <= --min_chars <= --max_chars")
+    for name in ("ko_field", "en_field"):  # a config file may give one name as a string
+        if isinstance(getattr(args, name), str):
+            setattr(args, name, [getattr(args, name)])
+    if len(args.ko_field) != len(args.en_field):
+        raise ValueError(f"--ko_field ({args.ko_field}) and --en_field ({args.en_field}) pair up by position: give "
+                         "as many of each")
+
+
+class Candidates:
+    """The first pass's output: kept pairs appended, as JSON lines, to a temporary file per split; their
+    identity hashes (8 bytes a pair), and the byte offsets of the validation lines (8 bytes a validation
+    pair, to write them in hash order)."""
+
+    def __init__(self, out: Path):
+        self.paths = {s: out / f".{s}.candidates.jsonl" for s in ("train", "validation")}
+        self.hashes = {s: array("Q") for s in self.paths}
+        self.offsets = array("Q")
+        self.files = {}
+
+    def open(self, stack: ExitStack) -> None:
+        self.files = {s: stack.enter_context(open(p, "wb")) for s, p in self.paths.items()}
+
+    def add(self, split: str, ident: int, ko: str, en: str, source: str) -> None:
+        f = self.files[split]
+        if split == "validation":
+            self.offsets.append(f.tell())
+        f.write(json.dumps({"ko": ko, "en": en, "source": source}, ensure_ascii=False).encode() + b"\n")
+        self.hashes[split].append(ident)
+
+    def remove(self) -> None:
+        for p in self.paths.values():
+            p.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_arguments(Arguments, argv)
+    check_args(args)
+    t0 = time.perf_counter()
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stats = {"sources": defaultdict(new_source_stats), "splits": {}, "skipped": defaultdict(int),
+             "skipped_files": {}, "duplicate_files": {}, "repeats": {}, "duplicates_by_input": defaultdict(int)}
+    cand = Candidates(out)
+    try:
+        split_by = read_all(args, stats, cand)
+        check_validation_split(args, split_by, cand)
+        write_outputs(out, stats, cand)
+    finally:  # a failed run leaves no half-written candidates behind
+        cand.remove()
+    return finish(args, stats, out, time.perf_counter() - t0)
+
+
+def new_source_stats() -> dict:
+    return {"files": 0, "layouts": defaultdict(int), "rows_read": 0, "blank_rows": 0, "train": 0, "validation": 0,
+            "removed": defaultdict(int), "examples": defaultdict(list),
+            "splits": {s: {"kept": 0, "removed": defaultdict(int), "repeats": {}} for s in ("train", "validation")}}
+
+
 def new_input_tally() -> dict:
-    return {"read": 0, "layouts": set(), "rows_read": 0, "kept": 0, "removed": defaultdict(int), "skipped": []}
+    return {"read": 0, "layouts": set(), "rows_read": 0, "kept": 0, "removed": defaultdict(int),
+            "skipped": defaultdict(int), "skipped_names": [], "skipped_examples": {}}
 
 
-def read_all(args: Arguments, stats: dict, cand: dict, hashes: dict) -> dict:
+MAX_SKIPPED_LISTED = 1000  # per reason, in stats.json's skipped_files (the counts in "skipped" are complete)
+
+
+def note_skip(stats: dict, name: str, reason: str, detail: str, tally: dict | None = None) -> None:
+    """A file left out: counted per reason (``stats["skipped"]``), listed with why (the first
+    ``MAX_SKIPPED_LISTED`` of each reason)."""
+    stats["skipped"][reason] += 1
+    if stats["skipped"][reason] <= MAX_SKIPPED_LISTED:
+        stats["skipped_files"][name] = f"{reason}: {detail}"
+    if tally is not None:
+        tally["skipped"][reason] += 1
+        tally["skipped_examples"].setdefault(reason, detail)
+        if len(tally["skipped_names"]) < 3:
+            tally["skipped_names"].append(name)
+
+
+def read_all(args: Arguments, stats: dict, cand: Candidates) -> dict:
     """First pass: every row read, cleaned and filtered; kept pairs appended to the candidate file of
-    their split, their identity hash to ``hashes``. An input that yields no pair stops the run as soon
-    as it is read. Returns how the kept pairs were split: ``hash`` (by ``--validation_ratio``),
-    ``named_train`` (by a training file name) and ``named_example`` (one such file)."""
+    their split. An input that yields no pair stops the run as soon as it is read. Returns how the kept
+    pairs were split: ``hash`` (by ``--validation_ratio``), ``named_train`` (by a training file name)
+    and ``named_example`` (one such file)."""
     threshold = round(args.validation_ratio * 1_000_000)
     split_by = {"hash": 0, "named_train": 0, "named_example": None}
     # a context manager: a run stopped by bad input closes the bar before the error line is printed
     with ExitStack() as stack:
         progress = stack.enter_context(tqdm(desc="pairs", unit=" pairs", mininterval=1.0))
         jobs = plan(args, stack, stats)
-        files = {s: stack.enter_context(open(p, "w", encoding="utf-8")) for s, p in cand.items()}
+        cand.open(stack)
         for spec, input_jobs in groupby(jobs, key=lambda job: job.input):
             tally = new_input_tally()
             for job in input_jobs:
-                read_job(job, args, stats, tally, files, hashes, split_by, threshold, progress)
+                read_job(job, args, stats, tally, cand, split_by, threshold, progress)
             if not stats["duplicates_by_input"][spec]:  # copies of files read before: no error
                 check_no_pairs(spec, tally)
     return split_by
 
 
-def read_job(job: Job, args: Arguments, stats: dict, tally: dict, files: dict, hashes: dict, split_by: dict,
+def file_split(job: Job, args: Arguments, stats: dict) -> tuple[str | None, dict]:
+    """(the split a job's path names, or None for the hash) and its entry in ``stats["splits"]``:
+    keyed by the folder, archive or file whose name decided (all the files of a ``VL1.zip`` or a
+    ``Validation/`` folder share one entry), or by the file itself when the hash splits it."""
+    entry = job.entries[0]
+    named = split_of(entry.parts) if args.split_from_names else None
+    if named is None:
+        key, split, by = entry.name, "hash", "hash"
+    else:
+        key, split, by = part_path(entry, named.index), named.split, named.by
+    record = stats["splits"].setdefault(key, {"split": split, "by": by, "files": 0,
+                                              "pairs": {"train": 0, "validation": 0}})
+    record["files"] += len(job.entries)
+    return (named.split if named else None), record
+
+
+def read_job(job: Job, args: Arguments, stats: dict, tally: dict, cand: Candidates, split_by: dict,
              threshold: int, progress) -> None:
-    opened = open_job(job, args)
+    try:
+        opened = open_job(job, args)
+    except OneLanguage as e:
+        if job.direct:
+            raise
+        note_skip(stats, job.entries[0].name, "one_language", str(e).split(": ", 1)[1], tally)
+        return
     if opened is None:
         if job.direct:
             raise DataError(f"{job.entries[0].name}: not recognised as parallel data "
                             f"(xlsx, csv, tsv, json, jsonl, line-aligned pair){aligned_hint(job.entries[0])}")
-        stats["skipped_files"][job.entries[0].name] = "not parallel data"
-        tally["skipped"].append(job.entries[0].name)
+        note_skip(stats, job.entries[0].name, "not_parallel_data", "not parallel data", tally)
         return
     layout, rows = opened
     st = stats["sources"][job.source]
@@ -685,78 +868,102 @@ def read_job(job: Job, args: Arguments, stats: dict, tally: dict, files: dict, h
     st["layouts"][layout] += 1
     tally["read"] += 1
     tally["layouts"].add(layout)
-    own_split = split_from_names(job.entries[0].parts) if args.split_from_names else None
+    own_split, file_record = file_split(job, args, stats)
+    per_split, kept = st["splits"], file_record["pairs"]
+    n = 0
     for ko, en, where in rows:
         if where is None:
             st["blank_rows"] += 1
             continue
-        st["rows_read"] += 1
-        tally["rows_read"] += 1
-        progress.update(1)
+        n += 1
         if ko is None or en is None:
             reason = "malformed_row"
+            ko, en = clean_text(ko or ""), clean_text(en or "")
         else:
             ko, en = clean_text(ko), clean_text(en)
             reason = pair_filter(ko, en, args)
+        ident, bucket = pair_hash(ko, en)
+        split = own_split or ("validation" if bucket < threshold else "train")
         if reason:
             st["removed"][reason] += 1
+            per_split[split]["removed"][reason] += 1
             tally["removed"][reason] += 1
             if len(st["examples"][reason]) < MAX_EXAMPLES:
                 st["examples"][reason].append(where)
             continue
-        ident, bucket = pair_hash(ko, en)
-        if own_split:
-            split = own_split
-            if split == "train":
-                split_by["named_train"] += 1
-                split_by["named_example"] = split_by["named_example"] or job.entries[0].name
-        else:
-            split = "validation" if bucket < threshold else "train"
+        if own_split is None:
             split_by["hash"] += 1
-        files[split].write(json.dumps({"ko": ko, "en": en, "source": job.source}, ensure_ascii=False) + "\n")
-        hashes[split].append(ident)
+        elif split == "train":
+            split_by["named_train"] += 1
+            split_by["named_example"] = split_by["named_example"] or job.entries[0].name
+        cand.add(split, ident, ko, en, job.source)
+        kept[split] += 1
         tally["kept"] += 1
-
-
-def side_hash(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+        if n % 1024 == 0:
+            progress.update(1024)
+    progress.update(n % 1024)
+    st["rows_read"] += n
+    tally["rows_read"] += n
 
 
 def repeated(values: array) -> int:
     """Rows whose value was already seen (rows minus distinct values)."""
-    return len(values) - len(np.unique(np.frombuffer(values, dtype=np.uint64))) if len(values) else 0
+    return len(values) - len(np.unique(np.frombuffer(values, dtype=np.int64))) if len(values) else 0
 
 
-def write_outputs(out: Path, stats: dict, cand: dict, hashes: dict) -> None:
+def write_outputs(out: Path, stats: dict, cand: Candidates) -> None:
     """Second pass: exact duplicates within a split, and training pairs that are also validation
-    pairs, are dropped; the rest is written under a temporary name and renamed. The repeated sides of
-    the written pairs are counted per split (``stats["repeats"]``)."""
-    val = np.frombuffer(hashes["validation"], dtype=np.uint64) if len(hashes["validation"]) else np.zeros(0, np.uint64)
-    tr = np.frombuffer(hashes["train"], dtype=np.uint64) if len(hashes["train"]) else np.zeros(0, np.uint64)
-    keep = {"validation": first_occurrences(val), "train": first_occurrences(tr) & ~np.isin(tr, val)}
+    pairs, are dropped; the rest is written under a temporary name and renamed: train.jsonl in reading
+    order, validation.jsonl in the order of the pairs' hashes, so that the sources are interleaved
+    (a seeded shuffle that stays the same for a pair when data is added: any first N lines are a
+    sample of every source). The repeated sides of the written pairs are counted per split
+    (``stats["repeats"]``) and per source and split."""
+    def as_array(split):
+        return np.frombuffer(cand.hashes[split], dtype=np.uint64) if len(cand.hashes[split]) else np.zeros(0, np.uint64)
+
+    val, tr = as_array("validation"), as_array("train")
     in_val = np.isin(tr, val)
+    keep = {"validation": first_occurrences(val), "train": first_occurrences(tr) & ~in_val}
     for split in ("train", "validation"):
         final = out / f"{split}.jsonl"
         tmp = final.with_name(final.name + ".tmp")
-        sides = {"ko": array("Q"), "en": array("Q"), "pair": array("Q")}
+        sides = defaultdict(lambda: (array("q"), array("q")))  # source -> (ko side hashes, en side hashes)
         removed_as_duplicate = 0
-        with open(cand[split], encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+        with open(cand.paths[split], "rb") as src, open(tmp, "wb") as dst:
             for i, line in enumerate(src):
                 row = json.loads(line)
-                source = row["source"]
+                st = stats["sources"][row["source"]]
                 if keep[split][i]:
-                    dst.write(line)
-                    stats["sources"][source][split] += 1
-                    sides["ko"].append(side_hash(row["ko"]))
-                    sides["en"].append(side_hash(row["en"]))
-                    sides["pair"].append(hashes[split][i])
+                    if split == "train":
+                        dst.write(line)
+                    st[split] += 1
+                    st["splits"][split]["kept"] += 1
+                    ko_sides, en_sides = sides[row["source"]]
+                    ko_sides.append(hash(row["ko"]))  # equality within this run is all that is needed
+                    en_sides.append(hash(row["en"]))
                 else:
                     reason = "in_validation" if split == "train" and in_val[i] else "duplicate"
                     removed_as_duplicate += reason == "duplicate"
-                    stats["sources"][source]["removed"][reason] += 1
+                    st["removed"][reason] += 1
+                    st["splits"][split]["removed"][reason] += 1
+            if split == "validation":
+                kept = np.flatnonzero(keep[split])
+                for i in kept[np.argsort(val[kept], kind="stable")]:
+                    src.seek(cand.offsets[i])
+                    dst.write(src.readline())
         os.replace(tmp, final)
-        stats["repeats"][split] = {"pairs": len(sides["pair"]), **{k: repeated(v) for k, v in sides.items()},
-                                   "pair_removed": removed_as_duplicate}
+        all_ko, all_en = array("q"), array("q")
+        for source, (ko_sides, en_sides) in sides.items():
+            stats["sources"][source]["splits"][split]["repeats"] = {"ko": repeated(ko_sides), "en": repeated(en_sides)}
+            all_ko.extend(ko_sides)
+            all_en.extend(en_sides)
+        written = int(keep[split].sum())
+        stats["repeats"][split] = {"pairs": written, "ko": repeated(all_ko), "en": repeated(all_en),
+                                   "pair": 0, "pair_removed": removed_as_duplicate}
+
+
+def filter_counts(removed: dict) -> dict:
+    return {k: removed[k] for k in FILTERS if removed.get(k)}
 
 
 def finish(args: Arguments, stats: dict, out: Path, seconds: float) -> dict:
@@ -767,12 +974,15 @@ def finish(args: Arguments, stats: dict, out: Path, seconds: float) -> dict:
         for k, v in st["removed"].items():
             totals["removed"][k] += v
     report = {
-        "totals": {**totals, "removed": {k: totals["removed"][k] for k in FILTERS if totals["removed"].get(k)}},
-        "sources": {name: {**st, "layouts": dict(st["layouts"]),
-                           "removed": {k: st["removed"][k] for k in FILTERS if st["removed"].get(k)},
-                           "examples": dict(st["examples"])}
+        "totals": {**totals, "removed": filter_counts(totals["removed"])},
+        "sources": {name: {**st, "layouts": dict(st["layouts"]), "removed": filter_counts(st["removed"]),
+                           "examples": dict(st["examples"]),
+                           "splits": {s: {**v, "removed": filter_counts(v["removed"])}
+                                      for s, v in st["splits"].items()}}
                     for name, st in stats["sources"].items()},
         "repeats": stats["repeats"],
+        "splits": stats["splits"],
+        "skipped": dict(stats["skipped"]),
         "skipped_files": stats["skipped_files"],
         "duplicate_files": stats["duplicate_files"],
         "seconds": round(seconds, 2),
@@ -794,9 +1004,16 @@ def print_summary(report: dict, out: Path) -> None:
     t = report["totals"]
     print(f"{'total':<32} {t['rows_read']:>9} {t['train']:>9} {t['validation']:>8}  "
           f"({report['pairs_per_second']} pairs/s)")
-    if report["skipped_files"]:
-        print(f"skipped {len(report['skipped_files'])} file(s) that are not parallel data, "
-              f"e.g. {next(iter(report['skipped_files']))}")
+    by = defaultdict(lambda: defaultdict(int))
+    for r in report["splits"].values():
+        by[r["split"]][r["by"]] += r["files"]
+    print("files read, by split: " + "; ".join(
+        f"{split}: " + ", ".join(f"{n} by {how}" for how, n in hows.items()) for split, hows in by.items())
+        + " (stats.json 'splits' names them)")
+    if report["skipped"]:
+        counts = ", ".join(f"{n} {reason}" for reason, n in report["skipped"].items())
+        example = next(iter(report["skipped_files"]))
+        print(f"skipped {sum(report['skipped'].values())} file(s) ({counts}), e.g. {example}")
     if report["duplicate_files"]:
         print(f"read once: {len(report['duplicate_files'])} byte-identical file(s)")
     for split, r in report["repeats"].items():

@@ -35,7 +35,8 @@ from common.data import DataError, parse_json_line
 
 __all__ = [
     "DEFAULT_EXCLUDE", "Entry", "clean_text", "digest_entry", "hangul_share", "has_hangul", "iter_clean_documents",
-    "iter_documents", "iter_entries", "iter_json_records", "iter_lines", "name_tokens", "split_from_names",
+    "iter_documents", "iter_entries", "iter_json_records", "iter_lines", "name_tokens", "NamedSplit", "part_path",
+    "split_from_names", "split_of",
 ]
 
 HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7a3\ud7b0-\ud7ff]")
@@ -67,6 +68,8 @@ def has_hangul(text: str) -> bool:
 
 def hangul_share(text: str) -> float:
     """Share of Hangul among the letters of ``text`` (0 when it has no letters)."""
+    if not has_hangul(text):
+        return 0.0  # the common case (an English side), without a loop over the characters
     letters = sum(ch.isalpha() for ch in text)
     return len(HANGUL.findall(text)) / letters if letters else 0.0
 
@@ -186,25 +189,69 @@ def digest_entry(entry: Entry) -> bytes:
     return h.digest()
 
 
-_TOKEN_SPLIT = re.compile(r"[^0-9a-z\uac00-\ud7a3]+")
-TRAIN_TOKENS = {"train", "training", "tl", "ts", "훈련", "학습"}
-VALIDATION_TOKENS = {"valid", "validation", "val", "dev", "test", "vl", "vs", "검증"}
+_NAME_TOKEN = re.compile("[0-9a-z]+|[\uac00-\ud7a3]+")
+# AI-Hub's split markers: TL/TS (training labels/source), VL/VS (validation), numbered or not (TL1, VS_2).
+_SPLIT_MARKER = re.compile(r"(tl|ts|vl|vs)\d*")
+TRAIN_WORDS = {"train", "training", "훈련", "학습"}
+VALIDATION_WORDS = {"valid", "validation", "val", "dev", "test", "검증"}
+# Korean names glue words together (학습데이터, 검증용): a Hangul token that starts with one of these.
+_TRAIN_PREFIXES, _VALIDATION_PREFIXES = ("훈련", "학습"), ("검증",)
 
 
 def name_tokens(name: str) -> list[str]:
-    return [t for t in _TOKEN_SPLIT.split(unicodedata.normalize("NFC", name).lower()) if t]
+    """Lower-case runs of Latin letters and digits, and runs of Hangul syllables, of ``name``
+    (``TL1_구어체.zip`` -> tl1, 구어체, zip; ``VL방송`` -> vl, 방송)."""
+    return _NAME_TOKEN.findall(unicodedata.normalize("NFC", name).lower())
+
+
+def _token_split(token: str) -> tuple[str, bool] | None:
+    """(split, is an AI-Hub marker) that one name token stands for, or None."""
+    if _SPLIT_MARKER.fullmatch(token):
+        return ("train" if token[0] == "t" else "validation"), True
+    if token in TRAIN_WORDS or token.startswith(_TRAIN_PREFIXES):
+        return "train", False
+    if token in VALIDATION_WORDS or token.startswith(_VALIDATION_PREFIXES):
+        return "validation", False
+    return None
+
+
+@dataclass(frozen=True)
+class NamedSplit:
+    """A split named by a path: ``split`` ('train' or 'validation'), ``by`` ('marker': an AI-Hub
+    TL/TS/VL/VS marker; 'folder': a word in a folder or archive above the file; 'file name': a word in
+    the file's own name), ``index`` of the path component that named it."""
+    split: str
+    by: str
+    index: int
+
+
+def split_of(parts: tuple[str, ...]) -> NamedSplit | None:
+    """The split that the path components name, innermost first (the first component that names
+    exactly one split decides): AI-Hub markers TL1/TL2/TS1/TL_ (train) and VL1/VS1/VL_ (validation);
+    the words train, training, 훈련, 학습 (학습데이터, ...) and valid, validation, val, dev, test, 검증
+    (검증데이터, ...). None when no component does."""
+    for index in range(len(parts) - 1, -1, -1):
+        found = [t for t in map(_token_split, name_tokens(parts[index])) if t]
+        splits = {split for split, _ in found}
+        if len(splits) == 1:
+            if any(marker for _, marker in found):
+                by = "marker"
+            else:
+                by = "file name" if index == len(parts) - 1 else "folder"
+            return NamedSplit(splits.pop(), by, index)
+    return None
 
 
 def split_from_names(parts: tuple[str, ...]) -> str | None:
-    """'train' or 'validation' when a path component names the split (innermost first): train,
-    training, TL_/TS_ (AI-Hub training label/source), 훈련, 학습; valid, validation, val, dev, test,
-    VL_/VS_, 검증. None when no component does."""
-    for part in reversed(parts):
-        tokens = set(name_tokens(part))
-        is_train, is_val = bool(tokens & TRAIN_TOKENS), bool(tokens & VALIDATION_TOKENS)
-        if is_train != is_val:
-            return "train" if is_train else "validation"
-    return None
+    """'train' or 'validation' when a path component names the split (see ``split_of``), else None."""
+    named = split_of(parts)
+    return named.split if named else None
+
+
+def part_path(entry: Entry, index: int) -> str:
+    """The full name of ``entry``'s path down to component ``index`` (a folder, an archive, or the file)."""
+    tail = "/".join(entry.parts[index + 1:])
+    return entry.name[: len(entry.name) - len(tail) - 1] if tail else entry.name
 
 
 # ------------------------------------------------------------------------------------------------- text
@@ -241,7 +288,11 @@ _NUMBER_TAIL = re.compile(r"[0-9.eE+\-]*\Z")
 
 
 class _JsonStream:
-    """Incremental JSON reading over a binary stream: whitespace skipping, one value at a time."""
+    """Incremental JSON reading over a binary stream: whitespace skipping, one value at a time.
+
+    Line numbers (for ``where`` and errors) are counted incrementally: ``line_at`` counts the line
+    breaks between the last position asked about and the new one, so the whole file is scanned for
+    line breaks once (a C loop), not once a record."""
 
     CHUNK = 1 << 20
 
@@ -249,13 +300,16 @@ class _JsonStream:
         self.f, self.name, self.encoding = f, name, encoding
         self.decoder = codecs.getincrementaldecoder(encoding)()
         self.json = json.JSONDecoder()
-        self.buf, self.pos, self.line_base, self.eof = "", 0, 1, False
+        self.buf, self.pos, self.eof = "", 0, False
+        self.line_index, self.line_number = 0, 1  # buf[line_index] is on line line_number
 
     def more(self) -> bool:
-        """Read another chunk into the buffer (dropping what was consumed); False at end of file."""
+        """Read another chunk into the buffer (dropping what was consumed); False at end of file. A
+        chunk is at least as long as the unconsumed text, so a value longer than ``CHUNK`` is decoded
+        again only O(log size) times."""
         if self.eof:
             return False
-        raw = self.f.read(self.CHUNK)
+        raw = self.f.read(max(self.CHUNK, len(self.buf) - self.pos))
         try:
             text = self.decoder.decode(raw, final=not raw)
         except UnicodeDecodeError as e:
@@ -264,17 +318,30 @@ class _JsonStream:
             raise DataError(f"{self.name}:{line}: not {self.encoding} text{hint}") from None
         self.eof = not raw
         if self.pos:
-            self.line_base += self.buf.count("\n", 0, self.pos)
-            self.buf, self.pos = self.buf[self.pos:], 0
+            self.line_at(self.pos)
+            self.buf, self.line_index, self.pos = self.buf[self.pos:], self.line_index - self.pos, 0
         self.buf += text
         return True
 
     def line_at(self, index: int) -> int:
-        return self.line_base + self.buf.count("\n", 0, index)
+        """Line number of ``buf[index]``, counted on from the last index asked about."""
+        if index >= self.line_index:
+            self.line_number += self.buf.count("\n", self.line_index, index)
+        else:
+            self.line_number -= self.buf.count("\n", index, self.line_index)
+        self.line_index = index
+        return self.line_number
 
     def error(self, message: str, index: int | None = None) -> DataError:
         line = self.line_at(self.pos if index is None else index)
         return DataError(f"{self.name}:{line}: not valid JSON ({message})")
+
+    def skip_ws(self) -> int:
+        """Moves ``pos`` past whitespace (reading on as needed); returns it."""
+        while True:
+            self.pos = _WS.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf) or not self.more():
+                return self.pos
 
     def peek(self, offset: int = 0) -> str:
         """The next non-whitespace character at or after ``pos + offset`` ('' at end of file)."""
@@ -322,7 +389,7 @@ def iter_json_records(f: BinaryIO, name: str, encoding: str = "utf-8") -> Iterat
             s.take("]")
             return
         while True:
-            where = f"{name}:{s.line_at(_WS.match(s.buf, s.pos).end())}"
+            where = f"{name}:{s.line_at(s.skip_ws())}"
             yield s.value(), where
             c = s.peek()
             if c == "]":
@@ -334,7 +401,7 @@ def iter_json_records(f: BinaryIO, name: str, encoding: str = "utf-8") -> Iterat
         if c == "[":
             yield from array_items()
         elif c == "{":
-            start = f"{name}:{s.line_at(_WS.match(s.buf, s.pos).end())}"
+            start = f"{name}:{s.line_at(s.skip_ws())}"
             s.take("{")
             scalars, streamed = {}, False
             if s.peek() == "}":

@@ -128,7 +128,7 @@ def main(out_path: str) -> None:
         keys = torch.tensor([[text_key(p[0]), text_key(p[1])] for p in local]) if s["dedup"] else None
         lm_global = torch.randint(4, VOCAB, (4, 12), generator=torch.Generator().manual_seed(v))
         lm_local = lm_global[rank * 2 : (rank + 1) * 2] if s["lm_weight"] > 0 else None
-        ko, en, lm_loss = model(**batch, english_encoder=frozen, lm_input_ids=lm_local)
+        ko, en, lm_loss, _ = model(**batch, english_encoder=frozen, lm_input_ids=lm_local)
         loss, cl_loss, _ = tc.step_losses(ko, en, lm_loss, temperature=s["temperature"], symmetric=s["symmetric"],
                                           cl_weight=s["cl_weight"], lm_weight=s["lm_weight"], pair_keys=keys)
         accelerator.backward(loss)

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 import train_contrastive
 import train_full
 import train_lm_head
+from common.demo import demo_config, tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "ds_configs"
@@ -33,7 +34,8 @@ def launch(tmp_path, name, script, args, zero):
            "--deepspeed_config_file", str(CONFIGS / f"zero{zero}.json"),
            "--zero3_init_flag", "true" if zero == 3 else "false",
            "--num_processes", "2", "--num_machines", "1", "--dynamo_backend", "no",
-           str(ROOT / script), *args, "--output_dir", str(out), "--report_to", "none", "--logging_steps", "1"]
+           str(ROOT / script), *demo(script, args), "--output_dir", str(out), "--report_to", "none",
+           "--logging_steps", "1"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "over 2 process(es)" in proc.stderr
@@ -47,8 +49,17 @@ def one_process(tmp_path, name, module, args, reset):
     i = args.index("--per_device_train_batch_size") + 1
     args[i] = str(2 * int(args[i]))
     reset()
-    module.main([*args, "--output_dir", str(out), "--report_to", "none", "--logging_steps", "1"])
+    module.main([*demo(module.__name__ + ".py", args), "--output_dir", str(out), "--report_to", "none",
+                 "--logging_steps", "1"])
     return out, read_log(out)
+
+
+def demo(script, args):
+    """The script's demo config (model and data) under ``args``, unless they name their own model."""
+    if "--model_name_or_path" in args:
+        return list(args)
+    return [demo_config({"train_contrastive.py": "stage1", "train_lm_head.py": "stage2",
+                         "train_full.py": "stage3"}[Path(script).name]), *args]
 
 
 def read_log(out):
@@ -141,3 +152,24 @@ def test_accelerate_configs_point_at_existing_deepspeed_files():
         if config["distributed_type"] == "DEEPSPEED":
             assert (ROOT / config["deepspeed_config"]["deepspeed_config_file"]).is_file(), path.name
             assert "mixed_precision" not in config, path.name  # the JSON's bf16 "auto" follows --bf16
+
+
+def test_frozen_parameters_are_exported_exactly_under_bf16_zero(tmp_path):
+    """DeepSpeed bf16 holds every parameter in bf16; the stage 2 body never trains, and its export must
+    still be the starting checkpoint's fp32 tensors, bitwise (the head, trained, is the engine's bf16)."""
+    from transformers import AutoTokenizer
+
+    start = tmp_path / "start"
+    tokenizer = AutoTokenizer.from_pretrained(ROOT / "data" / "demo" / "model")
+    tiny_llama(len(tokenizer), hidden_size=32, num_layers=2, seed=3).save_pretrained(start)  # fp32 on disk
+    tokenizer.save_pretrained(start)
+    args = ["--model_name_or_path", str(start), "--train_file", str(ROOT / "data" / "demo" / "mono_ko_train.txt"),
+            "--block_size", "32", "--max_steps", "2", "--save_steps", "2", "--eval_steps", "100",
+            "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--bf16"]
+    out, _ = launch(tmp_path, "zero2_bf16", "train_lm_head.py", args, zero=2)
+    before = load_file(str(start / "model.safetensors"))
+    after = load_file(str(out / "checkpoint-2" / "model.safetensors"))
+    for name, tensor in before.items():
+        if name != "lm_head.weight":
+            assert after[name].dtype == tensor.dtype == torch.float32 and torch.equal(after[name], tensor), name
+    assert not torch.equal(after["lm_head.weight"].float(), before["lm_head.weight"])

@@ -391,6 +391,10 @@ def test_hangul_share_by_hand():
     # 5 of 8 (Q a b 사 과 바 나 나): 2 of the 4 counted documents are mostly Hangul
     assert ea.hangul_share(task) == (pytest.approx(2 / 4), 4)
     assert ea.hangul_share(hangul_task(["1 2 3"], [["4"]])) == (None, 0)
+    # a large task: max_docs documents spread evenly from the first to the last (here 0, 3, 6, 9 of 10)
+    ko_then_en = hangul_task(["가나"] * 4 + ["ab"] * 6, [[]] * 10)
+    assert ea.hangul_share(ko_then_en, max_docs=4) == (pytest.approx(2 / 4), 4)
+    assert ea.hangul_share(ko_then_en, max_docs=100) == (pytest.approx(4 / 10), 10)
 
 
 def test_files_in_the_wrong_language_are_refused(tmp_path):
@@ -403,8 +407,9 @@ def test_files_in_the_wrong_language_are_refused(tmp_path):
         ea.main([str(tmp_path / "m"), "--en_data", str(KO_ARC), "--ko_data", str(EN_ARC), "--output_dir", str(out)])
     msg = str(e.value)
     assert "swapped" in msg
-    assert f"arc_challenge ({KO_ARC}) is the English task, but 98.9% of its 1172 documents are mostly Hangul" in msg
-    assert f"ko_arc_challenge ({EN_ARC}) is the Korean task, but only 0.0% of its 1172 documents" in msg
+    # 300 of the 1172 documents read, spread over the file
+    assert f"arc_challenge ({KO_ARC}) is the English task, but 99.7% of its documents are mostly Hangul (of 300" in msg
+    assert f"ko_arc_challenge ({EN_ARC}) is the Korean task, but only 0.0% of its documents are mostly Hangul" in msg
     with pytest.raises(ea.EvalError) as e:  # English on both sides: only the Korean task is wrong
         ea.main([str(tmp_path / "m"), "--en_data", str(EN_ARC), "--ko_data", str(EN_ARC), "--output_dir", str(out)])
     assert "is the Korean task, but only 0.0%" in str(e.value) and "English task" not in str(e.value)
@@ -420,7 +425,7 @@ def test_hub_dataset_fails_fast_offline_or_unreachable(tmp_path, monkeypatch):
     (tmp_path / "m" / "config.json").write_text("{}")
     argv = [str(tmp_path / "m"), "--output_dir", str(tmp_path / "out")]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ea.EvalError, match=r"reads the hub dataset 'allenai/ai2_arc', and HF_HUB_OFFLINE=1 is set.*"
+    with pytest.raises(ea.EvalError, match=r"reads the hub dataset 'allenai/ai2_arc' and HF_HUB_OFFLINE=1 is set.*"
                                            r"pass --en_data/--ko_data"):
         ea.main(argv)
     monkeypatch.delenv("HF_HUB_OFFLINE")

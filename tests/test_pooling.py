@@ -77,11 +77,20 @@ def test_layer_mixture_weights_sum_to_one_and_train():
     w = mix.weights()
     assert w.sum().item() == pytest.approx(1.0)
     torch.testing.assert_close(w, torch.softmax(torch.tensor([0.3, -1.0, 2.0]) / 0.5, 0))
-    pooled = torch.randn(3, 5, 8)
+    pooled = torch.randn(3, 5, 8) * torch.tensor([1.0, 10.0, 100.0])[:, None, None]  # norms grow with depth
     out = mix(pooled)
-    torch.testing.assert_close(out, sum(w[k] * pooled[k] for k in range(3)))
+    # each layer's vector is normalised first, so w_k is its share whatever its norm
+    torch.testing.assert_close(out, sum(w[k] * pooled[k] / pooled[k].norm(dim=-1, keepdim=True) for k in range(3)))
+    torch.testing.assert_close(mix.shares(pooled), w)
     out.pow(2).sum().backward()
     assert mix.logits.grad is not None and mix.logits.grad.abs().sum() > 0
+
+
+def test_unnormalised_mixture_and_its_effective_shares():
+    mix = LayerMixture([1, 2], normalize=False)  # uniform weights, as the research's mixture started
+    pooled = torch.stack([torch.full((4, 2), 1.0), torch.full((4, 2), 3.0)])  # layer 2's vectors 3x longer
+    torch.testing.assert_close(mix(pooled), 0.5 * pooled[0] + 0.5 * pooled[1])
+    torch.testing.assert_close(mix.shares(pooled), torch.tensor([0.25, 0.75]))  # uniform weights, not shares
 
 
 def test_one_layer_mixture_equals_single_layer_pooling():
@@ -91,5 +100,50 @@ def test_one_layer_mixture_equals_single_layer_pooling():
         states = decoder_hidden_states(model, ids, mask, 2)
         m = pooling_mask(ids, mask, BOS)
         single = pool(states[2], m)
-        mixed = LayerMixture([2])(pool(states[2], m).unsqueeze(0))
+        mixed = LayerMixture([2], normalize=False)(pool(states[2], m).unsqueeze(0))
+        normalised = LayerMixture([2])(pool(states[2], m).unsqueeze(0))
     torch.testing.assert_close(mixed, single)
+    torch.testing.assert_close(normalised, torch.nn.functional.normalize(single, dim=-1))
+
+
+def test_truncated_forward_respects_the_padding_mask_under_left_padding():
+    """Left padding (what an expanded Llama tokenizer may use): pads sit before the real tokens, so a
+    forward that ignored the mask would let every real token attend to them. Each row must equal the
+    same sentence run alone (rotary attention depends on relative positions only)."""
+    model = tiny_llama(64, hidden_size=32, num_layers=3).eval()
+    rows = [[BOS, 7, 8, 9, 10], [BOS, 11, 12], [BOS, 13]]
+    width = max(map(len, rows))
+    ids = torch.tensor([[PAD] * (width - len(r)) + r for r in rows])
+    mask = (ids != PAD).long()
+    with torch.no_grad():
+        states = decoder_hidden_states(model, ids, mask, 3)
+        for i, r in enumerate(rows):
+            alone = decoder_hidden_states(model, torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long), 3)
+            for layer in range(4):
+                torch.testing.assert_close(states[layer][i, width - len(r):], alone[layer][0], rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_checkpointing_recomputes_the_truncated_layers():
+    """With checkpointing on, the backward pass runs each decoder layer's forward again (what saves the
+    memory); a switch that did nothing would run it once."""
+    calls = []
+    model = tiny_llama(64, hidden_size=32, num_layers=2).train()
+    mlp = model.model.layers[0].mlp
+    forward = mlp.forward
+
+    def counted(*args, **kwargs):  # (module hooks do not run in the recompute; the forward itself does)
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    mlp.forward = counted
+    ids, mask = batch()
+
+    def forward_backward():
+        calls.clear()
+        states = decoder_hidden_states(model, ids, mask, 2)
+        pool(states[2], pooling_mask(ids, mask, BOS)).sum().backward()
+        return len(calls)
+
+    assert forward_backward() == 1
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert forward_backward() == 2

@@ -210,3 +210,57 @@ def test_changed_data_file_is_read_again_not_served_from_cache(tmp_path):
     second = tc.load_pairs(str(path), tokenizer, 16)
     assert len(first) == 2 and len(second) == 3
     assert second[0]["ko_ids"] == tokenizer("다")["input_ids"]
+
+
+def test_gradient_checkpointing_flag_recomputes_layers(tiny_model, tmp_path):
+    trained, _ = run(tiny_model, tmp_path, "--max_steps", "1", "--save_steps", "1", "--gradient_checkpointing",
+                     "--pool_layer", "3")
+    mlp = trained.lm.model.layers[0].mlp
+    calls, forward = [], mlp.forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    mlp.forward = counted
+    trained.train()
+    ids = torch.tensor([[1, 20, 21, 22]])
+    trained.encode(ids, torch.ones_like(ids)).sum().backward()
+    assert len(calls) == 2  # forward, then the recompute in backward
+
+
+def test_mixture_metrics_equal_a_recomputation_from_the_export(tiny_model, tmp_path):
+    """The logged eval of a mixture run, recomputed by plain code from what the run leaves behind: the
+    exported model, layer_weights.json and the validation sample (seeded, over the whole file)."""
+    from transformers import AutoTokenizer
+
+    from common.data import sample_indices, text_key
+    from common.metrics import alignment_metrics
+
+    run(tiny_model, tmp_path, "--max_steps", "3", "--save_steps", "3", "--eval_steps", "3", "--mix_layers", "1-3",
+        "--mix_learning_rate", "0.5")
+    ckpt = tmp_path / "checkpoint-3"
+    weights = {int(k): v for k, v in json.loads((ckpt / "layer_weights.json").read_text()).items()}
+    assert max(weights.values()) - min(weights.values()) > 0.01  # the weights did move
+    model = AutoModelForCausalLM.from_pretrained(ckpt).eval()
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    rows = list(iter_parallel_jsonl(VALID))
+    rows = [rows[i] for i in sample_indices([r["source"] for r in rows], 64, 42)]
+    captured = {}
+    for i, layer in enumerate(model.model.layers):
+        layer.register_forward_hook(lambda m, a, out, i=i: captured.__setitem__(i + 1, out[0] if isinstance(out, tuple) else out))
+
+    def vector(text):
+        ids = tok(text, truncation=True, max_length=128)["input_ids"]
+        with torch.no_grad():
+            model(torch.tensor([ids]))
+        v = [captured[layer][0, 1:].mean(0) for layer in sorted(weights)]  # BOS excluded, no padding
+        return sum(weights[layer] * x / x.norm() for layer, x in zip(sorted(weights), v)), text_key(ids)
+
+    ko, ko_keys = zip(*(vector(r["ko"]) for r in rows))
+    en, en_keys = zip(*(vector(r["en"]) for r in rows))
+    expected = alignment_metrics(torch.stack(ko), torch.stack(en), list(ko_keys), list(en_keys))
+    logged = [r for r in read_log(tmp_path) if r["step"] == 3 and "eval/gap" in r][0]
+    for name, value in expected.items():
+        assert logged[f"eval/{name}"] == pytest.approx(value, abs=2e-5), name
+    assert sum(logged[f"eval/layer_share/{layer}"] for layer in weights) == pytest.approx(1.0)
