@@ -145,6 +145,24 @@ class Arguments:
         "the model folder's expand_vocab.json (written by data_prep/expand_vocab.py)."
     )})
     # objective
+    lm_weight_schedule: str = field(default="constant", metadata={"help": (
+        "How --lm_weight evolves over the run: 'constant', 'warmup' (linear from 0 at the first step to "
+        "--lm_weight at the last) or 'decay' (linear from --lm_weight to 0); the weight in use is logged as lm_weight."
+    )})
+    objective_balance: str = field(default="sum", metadata={"help": (
+        "How the contrastive and LM gradients combine: 'sum', or 'pcgrad' (when they conflict, cos < 0, each is "
+        "projected onto the normal plane of the other before the sum; Yu et al. 2020). pcgrad needs both losses "
+        "and runs two backward passes a step; not under DeepSpeed ZeRO."
+    )})
+    grad_conflict_steps: int = field(default=0, metadata={"help": (
+        "Every N steps (0: never), log the cosine between the gradients of the contrastive and of the LM loss "
+        "(global, all-reduced) on the trainable parameters: grad_cos/all, grad_cos/embeddings, grad_cos/layers_A-B "
+        "(groups of --grad_conflict_group_size decoder layers), and grad_norm/cl, grad_norm/lm. Costs a second "
+        "backward pass on those steps; not under DeepSpeed ZeRO (use DDP)."
+    )})
+    grad_conflict_group_size: int = field(default=4, metadata={"help": (
+        "Decoder layers per grad_cos/layers_A-B group."
+    )})
     mask_duplicates: bool = field(default=True, metadata={"help": (
         "Leave out of the InfoNCE softmax every candidate that shares a sentence (token ids) with the anchor's "
         "pair: a repeated sentence is a translation, not a negative. dup_masked logs the count of such cells in "
@@ -265,6 +283,15 @@ def check_args(args: Arguments, num_layers: int) -> list[int]:
         raise ValueError("--lm_weight > 0 needs monolingual text: give --lm_train_file")
     if args.cl_weight == 0 and args.lm_weight == 0:
         raise ValueError("--cl_weight 0 (the no-CL control) trains the LM loss alone: give --lm_weight > 0")
+    if args.lm_weight_schedule not in ("constant", "warmup", "decay"):
+        raise ValueError(f"--lm_weight_schedule must be constant, warmup or decay, got {args.lm_weight_schedule!r}")
+    if args.objective_balance not in ("sum", "pcgrad"):
+        raise ValueError(f"--objective_balance must be sum or pcgrad, got {args.objective_balance!r}")
+    if (args.objective_balance == "pcgrad" or args.grad_conflict_steps) and not (args.cl_weight and args.lm_weight):
+        raise ValueError("--objective_balance pcgrad and --grad_conflict_steps compare the contrastive and the LM "
+                         "gradients: they need --cl_weight > 0 and --lm_weight > 0")
+    if args.grad_conflict_steps < 0 or args.grad_conflict_group_size < 1:
+        raise ValueError("--grad_conflict_steps must be >= 0 and --grad_conflict_group_size >= 1")
     if not 0 <= args.lm_ko_ratio <= 1:
         raise ValueError(f"--lm_ko_ratio must be in [0, 1], got {args.lm_ko_ratio}")
     if (args.mix_entropy_weight or args.mix_temperature_final is not None) and args.mix_layers is None:
@@ -391,6 +418,72 @@ def step_losses(ko: Tensor | None, en: Tensor | None, lm_loss: Tensor | None, *,
     if mix_entropy is not None and mix_entropy_weight:
         total = total + mix_entropy_weight * mix_entropy
     return total, cl_loss, lm_loss
+
+
+def lm_weight_at(step: int, max_steps: int, weight: float, schedule: str) -> float:
+    """The LM loss weight used at ``step`` (0-based) of ``max_steps``."""
+    progress = step / max(1, max_steps - 1)
+    return weight * {"constant": 1.0, "warmup": progress, "decay": 1.0 - progress}[schedule]
+
+
+def pcgrad(g1: list[Tensor], g2: list[Tensor]) -> list[Tensor]:
+    """PCGrad for two objectives (Yu et al. 2020), over all parameters as one vector: when g1 . g2 < 0,
+    g1 <- g1 - (g1 . g2) / |g2|^2 g2 and g2 <- g2 - (g2 . g1) / |g1|^2 g1 (both from the originals); returns
+    g1 + g2, which is the plain sum when the gradients do not conflict."""
+    dot = sum((a.double() * b.double()).sum() for a, b in zip(g1, g2))
+    if dot >= 0:
+        return [a + b for a, b in zip(g1, g2)]
+    n1 = sum(a.double().pow(2).sum() for a in g1)
+    n2 = sum(b.double().pow(2).sum() for b in g2)
+    c1, c2 = (dot / n2).to(g1[0].dtype), (dot / n1).to(g1[0].dtype)
+    return [(a - c1 * b) + (b - c2 * a) for a, b in zip(g1, g2)]
+
+
+def gradient_groups(names: list[str], group_size: int) -> dict[str, list[int]]:
+    """Parameter indices by group: 'all', 'embeddings', and 'layers_A-B' (decoder layers A..B, 1-based)."""
+    groups: dict[str, list[int]] = {"all": list(range(len(names)))}
+    for i, name in enumerate(names):
+        if "embed_tokens" in name:
+            groups.setdefault("embeddings", []).append(i)
+        m = re.search(r"\.layers\.(\d+)\.", name)
+        if m:
+            first = int(m.group(1)) // group_size * group_size + 1
+            groups.setdefault(f"layers_{first}-{first + group_size - 1}", []).append(i)
+    return groups
+
+
+def combine_gradients(params: list[nn.Parameter], names: list[str], cl_term: Tensor, lm_term: Tensor,
+                      balance: str, group_size: int) -> dict[str, float]:
+    """Backward the contrastive and the LM terms separately, average each over the processes (the global
+    gradients DDP would hold), set ``.grad`` to their sum or PCGrad combination, and return the cosines
+    between them per group and their norms. The forward must have run under ``no_sync`` (this replaces
+    DDP's own reduction)."""
+    g_cl = torch.autograd.grad(cl_term, params, retain_graph=True, allow_unused=True)
+    g_lm = torch.autograd.grad(lm_term, params, allow_unused=True)
+    g_cl = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_cl)]
+    g_lm = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_lm)]
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        for grads in (g_cl, g_lm):
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            flat /= torch.distributed.get_world_size()
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+    stats = {}
+    for group, idx in gradient_groups(names, group_size).items():
+        dot = sum((g_cl[i].double() * g_lm[i].double()).sum() for i in idx)
+        n_cl = sum(g_cl[i].double().pow(2).sum() for i in idx).sqrt()
+        n_lm = sum(g_lm[i].double().pow(2).sum() for i in idx).sqrt()
+        if n_cl > 0 and n_lm > 0:
+            stats[f"grad_cos/{group}"] = (dot / (n_cl * n_lm)).item()
+        if group == "all":
+            stats["grad_norm/cl"], stats["grad_norm/lm"] = n_cl.item(), n_lm.item()
+    combined = pcgrad(g_cl, g_lm) if balance == "pcgrad" else [a + b for a, b in zip(g_cl, g_lm)]
+    for p, g in zip(params, combined):
+        p.grad = g
+    return stats
 
 
 @torch.no_grad()
@@ -539,9 +632,16 @@ def main(argv: list[str] | None = None):
     # Prepare. The dataloaders are not prepared: they already yield this process's slice. The
     # scheduler is stepped once per optimizer step by us and checkpointed alongside.
     configure_deepspeed(accelerator, args.per_device_train_batch_size, args.max_grad_norm)
+    if accelerator.state.deepspeed_plugin is not None and (args.objective_balance == "pcgrad"
+                                                            or args.grad_conflict_steps):
+        raise ValueError("--objective_balance pcgrad and --grad_conflict_steps need the two gradients apart, which "
+                         "the DeepSpeed ZeRO engine does not give: launch without DeepSpeed (DDP) for them")
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     register_weights_in_export(accelerator, submodule="lm")  # the resume state does not repeat the weights
+
+    trainable_names = [name for name, p in model.named_parameters() if p.requires_grad]
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
 
     # [shared: resume]
     # Resume: weights, optimizer, scheduler and RNG from the checkpoint; the data position from the
@@ -629,13 +729,28 @@ def main(argv: list[str] | None = None):
         if mixture is not None and args.mix_temperature_final is not None:  # annealed linearly over the run
             mixture.temperature = args.mix_temperature + (args.mix_temperature_final - args.mix_temperature) * (
                 step / max(1, max_steps - 1))
-        ko, en, lm_loss, mix_entropy = model(**batch, english_encoder=frozen_en, lm_input_ids=lm_batch)
-        loss, cl_loss, lm_loss = step_losses(ko, en, lm_loss, temperature=args.temperature, symmetric=args.symmetric,
-                                             cl_weight=args.cl_weight, lm_weight=args.lm_weight,
-                                             pair_keys=pair_keys if args.mask_duplicates else None,
-                                             mix_entropy=mix_entropy, mix_entropy_weight=args.mix_entropy_weight)
+        lm_weight = lm_weight_at(step, max_steps, args.lm_weight, args.lm_weight_schedule)
+        # PCGrad, or a step that measures the conflict, backwards the two objectives apart (under no_sync, then
+        # averaged over the processes by hand); every other step is one ordinary backward of the sum.
+        two_gradients = args.objective_balance == "pcgrad" or bool(
+            args.grad_conflict_steps and (step + 1) % args.grad_conflict_steps == 0)
+        with accelerator.no_sync(model) if two_gradients else nullcontext():
+            ko, en, lm_loss, mix_entropy = model(**batch, english_encoder=frozen_en, lm_input_ids=lm_batch)
+            loss, cl_loss, lm_loss = step_losses(ko, en, lm_loss, temperature=args.temperature,
+                                                 symmetric=args.symmetric, cl_weight=args.cl_weight,
+                                                 lm_weight=lm_weight,
+                                                 pair_keys=pair_keys if args.mask_duplicates else None,
+                                                 mix_entropy=mix_entropy, mix_entropy_weight=args.mix_entropy_weight)
+        conflict = {}
+        if two_gradients:
+            cl_term = args.cl_weight * cl_loss
+            if mix_entropy is not None and args.mix_entropy_weight:
+                cl_term = cl_term + args.mix_entropy_weight * mix_entropy
+            conflict = combine_gradients(trainable_params, trainable_names, cl_term, lm_weight * lm_loss,
+                                         args.objective_balance, args.grad_conflict_group_size)
+        else:
+            accelerator.backward(loss)
         # [shared: optimizer step]
-        accelerator.backward(loss)
         if args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()
@@ -644,6 +759,8 @@ def main(argv: list[str] | None = None):
         step += 1
         progress.update(1)
         # [/shared]
+        if conflict and args.grad_conflict_steps and step % args.grad_conflict_steps == 0:
+            write_log(conflict, step)
         if cl_loss is not None:
             window["cl_loss"].append(cl_loss.detach())
         if mix_entropy is not None:
@@ -656,6 +773,8 @@ def main(argv: list[str] | None = None):
         if step % args.logging_steps == 0 or step == max_steps:
             logs = {k: accelerator.reduce(torch.stack(v).mean(), "mean").item() for k, v in window.items() if v}
             logs["lr"] = scheduler.get_last_lr()[0]
+            if args.lm_weight:
+                logs["lm_weight"] = lm_weight
             logs["pairs_per_s"] = len(window["dup_masked"]) * global_batch / (time.perf_counter() - t0)
             if accelerator.device.type == "cuda":
                 logs["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30

@@ -339,8 +339,8 @@ def main(argv: list[str] | None = None):
         sft_batch = {f"sft_{k}": v.to(accelerator.device) for k, v in batches.get("sft", {}).items()}
         text_loss, sft_loss = model(input_ids=text, **sft_batch)
         loss = text_loss + (args.instruction_weight * sft_loss if sft_loss is not None else 0.0)
-        # [shared: optimizer step]
         accelerator.backward(loss)
+        # [shared: optimizer step]
         if args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()

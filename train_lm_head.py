@@ -245,8 +245,8 @@ def main(argv: list[str] | None = None):
             break
         input_ids = batch["input_ids"].to(accelerator.device)
         loss = model(input_ids=input_ids, labels=input_ids).loss
-        # [shared: optimizer step]
         accelerator.backward(loss)
+        # [shared: optimizer step]
         if args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         optimizer.step()

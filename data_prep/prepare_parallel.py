@@ -1,8 +1,9 @@
 """Korean-English parallel corpora (AI-Hub downloads, line-aligned files, TSV/CSV/JSON) -> parallel JSONL.
 
 Writes ``OUTPUT_DIR/train.jsonl`` and ``OUTPUT_DIR/validation.jsonl`` (one ``{"ko", "en", "source"}`` a
-line, NFC) and ``OUTPUT_DIR/stats.json`` (pairs read and kept per source, pairs removed per filter with
-the first locations, files skipped and why), and prints a summary.
+line, NFC) and ``OUTPUT_DIR/stats.json`` (pairs read and kept per source and per source and split, pairs
+removed per filter with the first locations, the split of every file and why, files skipped per reason),
+and prints a summary.
 
 Usage (from the repository root):
     python -m data_prep.prepare_parallel --inputs ~/aihub/한국어-영어_번역_말뭉치 ~/aihub/기술과학.zip \\
@@ -11,6 +12,8 @@ Usage (from the repository root):
         tatoeba=../shared/data/tatoeba_kor_eng/kor.txt --output_dir runs/data/parallel
     python -m data_prep.prepare_parallel --ko_files a.ko --en_files a.en --output_dir runs/data/parallel
     python -m data_prep.prepare_parallel --inputs corpus.jsonl --ko_field korean_text --en_field english_text ...
+    python -m data_prep.prepare_parallel --inputs ~/aihub/방송콘텐츠 \\
+        --ko_field 원문 src.text --en_field 최종번역문 tgt.text --output_dir runs/data/broadcast
     python -m data_prep.prepare_parallel parallel.yaml --output_dir runs/data/parallel2  # a config file + overrides
 
 Bad input (a file that cannot be read, an input without any parallel pair, an empty validation split
@@ -25,16 +28,26 @@ default: the input's name without extension). Inside, each file is recognised by
   ``한국어``/``영어`` (전문분야), ``원문``/``최종번역문`` (방송콘텐츠: ``원문`` is English in
   ``enko``/``영한`` sets, named by a path component, or when only the translation holds Hangul),
   ``korean``/``english``, ``kor``/``eng``;
-  ``--ko_field``/``--en_field`` override (column numbers for header-less TSV);
+  ``--ko_field``/``--en_field`` override the detection, for a layout it does not know: names paired by
+  position, several pairs allowed (a file is read with the first pair it has), ``a.b`` for a nested JSON
+  field, column numbers for header-less TSV; in a config file, ``ko_field: [...]`` / ``en_field: [...]``.
+  A record whose Korean field holds no Hangul while its English one does is read the other way round
+  (``영한`` sets, where ``원문`` is English);
 - two line-aligned text files named alike but for a language token (``x.ko``/``x.en``,
   ``x-src.eng.txt``/``x-ref.kor.txt``); their line counts must match;
 - header-less TSV with a Korean and an English column (Tatoeba ``kor.txt``: English, Korean, attribution);
 - KorSTS (``ko/sts-*.tsv``) with the STS-B originals (``en/sts-*.csv``): row-aligned, 2 pairs a row.
 Zip members with cp949 names (no UTF-8 flag) are decoded right; nested zips are read in place; tar
 archives are unpacked to a temporary folder. Byte-identical files (AI-Hub's label and source copies)
-are read once. Files that are none of the above (README, licences, .labels, ...) are skipped and
-listed in stats.json; an unreadable file or unrecognised fields in a .xlsx/.csv/.json/.jsonl stop the
-run with the file, the line or row, and the fields found (``--exclude`` leaves files out). An input
+are read once. Files that are none of the above (README, licences, .labels, ...) are skipped
+(``not_parallel_data``); so are, in a folder or archive, files with the Korean or the English field of
+a layout but not the other (``one_language``: AI-Hub's 원천데이터, e.g. a CSV of ``sn, ko``; an error
+when the file is named on its own), and the parts of a split download beside their merged file
+(``part_of_merged_file``): stats.json's ``skipped`` counts them per reason, ``skipped_files`` lists
+them (the first 1000 of each reason). Parts without their merged file (``x.zip.part0``, ``.part1``,
+...) stop the run with the ``cat`` command that merges them, parts in order. An unreadable file or
+unrecognised fields in a .xlsx/.csv/.json/.jsonl stop the run with the file, the line or row, and the
+fields found (``--exclude`` leaves files out). An input
 that yields no pair (no file recognised, no rows, or every row removed by the filters) stops the run
 with its name and the counts; an input whose files are all byte-identical copies of files already
 read is not an error (listed under ``duplicate_files``).
@@ -47,9 +60,18 @@ a pair is removed (and counted) for: a missing field (``malformed_row``), an emp
 UTF-8 byte lengths more than ``--max_length_ratio`` apart (``length_ratio``; Hangul is 3 bytes a
 syllable, so byte lengths of a good pair are close: median en/ko 0.78 on NTREX). Exact duplicate pairs
 are then removed (``duplicate``), and a training pair that also occurs in validation is removed from
-training (``in_validation``). Split: a file whose path names its split (train/training/TL_/TS_/훈련/학습;
-valid/validation/val/dev/test/VL_/VS_/검증) keeps it; otherwise a hash of the cleaned pair decides
-(``--validation_ratio``), so reruns, reordered inputs and added data keep every pair on the same side.
+training (``in_validation``).
+
+Split: a file whose path names its split keeps it, the innermost name that names one split deciding:
+AI-Hub's markers ``TL1``/``TL2``/``TS1``/``TL_`` (training labels, source) -> train and
+``VL1``/``VS1``/``VL_`` -> validation, in an archive or folder name (``TL1.zip`` of items named
+``00001.json``); the words train/training/훈련/학습 (``1.Training``, ``학습데이터``) and
+valid/validation/val/dev/test/검증 (``2.Validation``, ``검증데이터``) in a folder, archive or file name.
+Otherwise a hash of the cleaned pair decides (``--validation_ratio``), so reruns, reordered inputs and
+added data keep every pair on the same side. stats.json's ``splits`` says, per file, the split and why
+(``by``: ``marker``, ``folder``, ``file name`` or ``hash``) with the pairs it gave (before duplicate
+removal); files that share the deciding folder or archive share its entry (a ``VL1.zip`` of 100,000
+one-item files is one entry).
 With ``--validation_ratio`` above 0, a run whose validation split comes out empty (too few pairs for
 the ratio, or only files named as training) is an error that gives the numbers; ``--validation_ratio
 0`` writes training pairs only (and an empty validation.jsonl) on purpose.
@@ -58,11 +80,20 @@ Repeated sides: stats.json's ``repeats`` gives, per split, over the pairs writte
 Korean side (``ko``), an English side (``en``) or the whole pair (``pair``) already seen in that split:
 the count of rows whose side was seen before, so ``pairs - ko`` distinct Korean sides. Two pairs that
 share a side are false negatives of each other when they meet in one in-batch contrastive batch.
-``pair`` is 0 (exact duplicates are removed; ``pair_removed`` says how many).
+``pair`` is 0 (exact duplicates are removed; ``pair_removed`` says how many). Per source, each
+``sources.NAME.splits.{train,validation}`` gives ``kept``, ``removed`` per filter (a removed pair of a
+hash-split file counts in the split its hash gives) and ``repeats`` within the source.
 
-Memory: one record at a time plus 8 bytes a kept pair (the duplicate check runs on 64-bit hashes in a
-second pass over temporary files; the repeated-side counts add 16 bytes a pair of the split being
-written); xlsx files are read in read-only mode.
+Order: train.jsonl in reading order; validation.jsonl in the order of the pairs' hashes, so that the
+sources are interleaved and any first N lines sample all of them (a fixed shuffle: the same on every
+run, and each pair keeps its place relative to the others when data is added).
+
+Speed and memory: JSON is read as a stream at about the cost of ``json.load`` (line numbers are counted
+once over the text, not once a record); ``python -m bench.bench_prepare_parallel`` times the whole run
+against a bare ``json.load`` + JSONL write. Memory: one record at a time plus 8 bytes a kept pair and
+8 a validation pair (the duplicate check runs on 64-bit hashes in a second pass over temporary files;
+the repeated-side counts add 16 bytes a pair of the split being written); xlsx files are read in
+read-only mode.
 """
 
 import csv
@@ -71,6 +102,7 @@ import json
 import os
 import re
 import shlex
+import sys
 import time
 from array import array
 from collections import defaultdict
@@ -765,8 +797,30 @@ class Candidates:
             p.unlink(missing_ok=True)
 
 
+def merge_repeated(argv: list[str], flags: tuple[str, ...] = ("ko_field", "en_field")) -> list[str]:
+    """``--ko_field A --ko_field B`` as ``--ko_field A B`` (argparse keeps the last of a repeated flag)."""
+    values, rest, current = {}, [], None
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        flag = name[2:].replace("-", "_") if name.startswith("--") else None
+        if flag in flags:
+            current = values.setdefault(flag, [])
+            if eq:
+                current.append(value)
+                current = None
+            continue
+        if current is not None and not arg.startswith("-"):
+            current.append(arg)
+            continue
+        current = None
+        rest.append(arg)
+    for flag, vals in values.items():
+        rest += [f"--{flag}", *vals]
+    return rest
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_arguments(Arguments, argv)
+    args = parse_arguments(Arguments, merge_repeated(list(sys.argv[1:] if argv is None else argv)))
     check_args(args)
     t0 = time.perf_counter()
     out = Path(args.output_dir)

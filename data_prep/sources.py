@@ -3,11 +3,14 @@
 - ``iter_entries``: the data files under an input path (a file, a folder, a zip or tar archive, nested
   zips included), in a stable order, each with an opener, so nothing is extracted that is not read.
   Zip member names stored as cp949 bytes without the UTF-8 flag (AI-Hub's archives) are decoded right.
+- ``split_of``: the split ('train'/'validation') a path names and how (AI-Hub TL1/TS1/VL1/VS1 markers,
+  Training/Validation/학습/검증 folders, train/dev/test words), innermost component first.
 - ``iter_lines``: lines of a byte stream decoded one by one, so a byte that is not valid in the
   encoding is reported with its file and line (and a hint when the file decodes as cp949).
 - ``iter_json_records``: the records of a JSON file read as a stream: a top-level list of objects,
   an object whose list values hold the records (``{"data": [...]}``), a single object (one record per
-  file), or several objects one after another (JSON Lines). Memory stays at about one record.
+  file), or several objects one after another (JSON Lines). Memory stays at about one record; the cost
+  is close to ``json.load`` (line numbers are counted once over the text, not once a record).
 - ``clean_text``: NFC, control and invisible format characters removed, whitespace collapsed.
 - ``iter_documents`` / ``iter_clean_documents``: the documents of monolingual text (wiki-extractor
   ``<doc>`` files, JSONL/JSON records with a ``text`` field, plain text by line, paragraph or file),

@@ -10,6 +10,7 @@ loss on the whole global batch with a plain implementation written here (full mo
 per-row mean pooling, InfoNCE as a double loop) and records the largest gradient difference.
 """
 
+import contextlib
 import copy
 import json
 import sys
@@ -27,7 +28,7 @@ from common.pooling import LayerMixture
 NUM_LAYERS, VOCAB, BOS, PAD = 4, 96, 1, 3
 # Settings of each variant over these defaults; "mix_temperature" set means a layer mixture.
 DEFAULTS = dict(layers=[2], pooling="mean", frozen=False, mix_temperature=None, mix_normalize=True, temperature=0.05,
-                symmetric=True, cl_weight=1.0, lm_weight=0.0, dedup=False)
+                symmetric=True, cl_weight=1.0, lm_weight=0.0, dedup=False, two_gradients=False)
 VARIANTS = {
     "top_layer_unused_head": dict(layers=[NUM_LAYERS]),
     "truncated_middle_layer": dict(layers=[2]),
@@ -40,6 +41,8 @@ VARIANTS = {
     "duplicates_masked": dict(dedup=True),
     "one_directional": dict(symmetric=False),
     "lm_loss": dict(lm_weight=0.5),
+    # the contrastive and LM gradients backwarded apart and averaged by hand (grad conflict, PCGrad's path)
+    "two_gradients_summed": dict(lm_weight=0.5, two_gradients=True),
 }
 
 
@@ -128,10 +131,16 @@ def main(out_path: str) -> None:
         keys = torch.tensor([[text_key(p[0]), text_key(p[1])] for p in local]) if s["dedup"] else None
         lm_global = torch.randint(4, VOCAB, (4, 12), generator=torch.Generator().manual_seed(v))
         lm_local = lm_global[rank * 2 : (rank + 1) * 2] if s["lm_weight"] > 0 else None
-        ko, en, lm_loss, _ = model(**batch, english_encoder=frozen, lm_input_ids=lm_local)
-        loss, cl_loss, _ = tc.step_losses(ko, en, lm_loss, temperature=s["temperature"], symmetric=s["symmetric"],
-                                          cl_weight=s["cl_weight"], lm_weight=s["lm_weight"], pair_keys=keys)
-        accelerator.backward(loss)
+        with accelerator.no_sync(model) if s["two_gradients"] else contextlib.nullcontext():
+            ko, en, lm_loss, _ = model(**batch, english_encoder=frozen, lm_input_ids=lm_local)
+            loss, cl_loss, _ = tc.step_losses(ko, en, lm_loss, temperature=s["temperature"], symmetric=s["symmetric"],
+                                              cl_weight=s["cl_weight"], lm_weight=s["lm_weight"], pair_keys=keys)
+        if s["two_gradients"]:
+            names = [n for n, p in model.named_parameters() if p.requires_grad]
+            params = [p for p in model.parameters() if p.requires_grad]
+            tc.combine_gradients(params, names, s["cl_weight"] * cl_loss, s["lm_weight"] * lm_loss, "sum", 2)
+        else:
+            accelerator.backward(loss)
         loss = loss.detach().clone()
         dist.all_reduce(loss)
         loss /= world

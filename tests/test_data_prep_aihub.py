@@ -127,6 +127,13 @@ def test_one_language_source_csv_beside_labelled_file_is_skipped_and_counted(tmp
     assert "the English field 'en'" in report["skipped_files"][str(d / "Training" / "01.원천데이터" / "tech_2.json")]
     with pytest.raises(DataError, match=r"tech_1.csv:1: one language only: the Korean field 'ko' of the ko/en layout"):
         run(tmp_path, "--inputs", source)
+    # a JSON whose first record lacks its translation is not a one-language file: that record is malformed
+    (d / "Training" / "02.라벨링데이터" / "tech_3.json").write_text(json.dumps({"data": [
+        {"sn": "1", "ko": "번역이 빠졌다."}, {"sn": "2", "ko": "저항이 크다.", "en": "The resistance is high."}]},
+        ensure_ascii=False), encoding="utf-8")
+    report, pairs = run(tmp_path, "--inputs", d, "--validation_ratio", "0")
+    assert len(pairs["train"]) == 3 and report["sources"]["기술과학"]["removed"] == {"malformed_row": 1}
+    assert report["skipped"] == {"one_language": 2}
     # a tree of source files only: no pairs, and the message says why
     with pytest.raises(DataError, match=r"01.원천데이터: no parallel pairs: .* 2 of them hold one language only"):
         run(tmp_path, "--inputs", d / "Training" / "01.원천데이터")
@@ -156,6 +163,10 @@ def test_custom_field_layout_read_with_ko_field_en_field(tmp_path):
                                                             ("재미있었어요.", "That was fun."),
                                                             ("오늘은 맑습니다.", "It is sunny today.")}
     assert report["sources"]["방송콘텐츠"]["layouts"] == {"json src.text/tgt.text": 1, "csv 한글문장/영문문장": 1}
+    # or the flags repeated, one pair at a time
+    _, again = run(tmp_path, "--inputs", d, "--ko_field", "src.text", "--en_field", "tgt.text", "--ko_field=한글문장",
+                   "--en_field", "영문문장", "--validation_ratio", "0", out="again")
+    assert again == pairs
     # the same from a small config file (a mapping of the fields), overridable on the command line
     config = tmp_path / "fields.yaml"
     config.write_text("ko_field: [src.text, 한글문장]\nen_field: [tgt.text, 영문문장]\nvalidation_ratio: 0.0\n",

@@ -133,3 +133,72 @@ def test_new_token_embeddings_train_only_the_added_rows(tiny_model, tmp_path, re
     reset_accelerate()
     with pytest.raises(ValueError, match="base vocabulary size None"):
         run(tiny_model, tmp_path / "c", "--max_steps", "1", "--trainable", "new_token_embeddings")
+
+
+def test_pcgrad_equals_a_hand_written_projection_and_the_sum_without_conflict():
+    g1 = [torch.tensor([1.0, 0.0]), torch.tensor([[2.0]])]
+    g2 = [torch.tensor([-1.0, 1.0]), torch.tensor([[-1.0]])]  # g1 . g2 = -1 - 2 = -3: they conflict
+    v1, v2 = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([-1.0, 1.0, -1.0])
+    p1 = v1 - (v1 @ v2) / (v2 @ v2) * v2
+    p2 = v2 - (v2 @ v1) / (v1 @ v1) * v1
+    out = torch.cat([g.reshape(-1) for g in tc.pcgrad(g1, g2)])
+    torch.testing.assert_close(out, p1 + p2)
+    assert (p1 @ v2).abs() < 1e-6 and (p2 @ v1).abs() < 1e-6  # each projected onto the other's normal plane
+    agree = [torch.tensor([1.0, 1.0]), torch.tensor([[0.5]])]
+    torch.testing.assert_close(torch.cat([g.reshape(-1) for g in tc.pcgrad(g1, agree)]),
+                               torch.tensor([2.0, 1.0, 2.5]))
+
+
+def test_combined_gradients_and_cosines_equal_two_separate_backward_passes():
+    torch.manual_seed(0)
+    model = tiny_llama(50, hidden_size=16, num_layers=2)
+    names = [n for n, _ in model.named_parameters()]
+    params = list(model.parameters())
+    ids = torch.randint(4, 50, (2, 6))
+
+    def terms():
+        out = model(input_ids=ids, labels=ids, output_hidden_states=True)
+        return out.hidden_states[1].pow(2).mean(), out.loss  # a stand-in "contrastive" term and the LM loss
+
+    separate = []
+    for k in range(2):
+        model.zero_grad()
+        terms()[k].backward()
+        separate.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params])
+    a, b = terms()
+    stats = tc.combine_gradients(params, names, a, b, "sum", group_size=1)
+    for p, g1, g2 in zip(params, *separate):
+        torch.testing.assert_close(p.grad, g1 + g2)
+    flat1, flat2 = (torch.cat([g.reshape(-1) for g in gs]) for gs in separate)
+    assert stats["grad_cos/all"] == pytest.approx(torch.nn.functional.cosine_similarity(flat1, flat2, dim=0).item(),
+                                                  rel=1e-5)
+    idx = [i for i, n in enumerate(names) if ".layers.0." in n]
+    l1, l2 = (torch.cat([gs[i].reshape(-1) for i in idx]) for gs in separate)
+    assert stats["grad_cos/layers_1-1"] == pytest.approx(torch.nn.functional.cosine_similarity(l1, l2, dim=0).item(),
+                                                         rel=1e-5)
+    assert stats["grad_norm/lm"] == pytest.approx(flat2.norm().item(), rel=1e-5)
+    assert "grad_cos/embeddings" in stats
+    assert "grad_cos/layers_2-2" not in stats  # the stand-in term never reaches layer 2: no cosine to report
+
+
+def test_measuring_the_conflict_does_not_change_the_training(tiny_model, tmp_path, reset_accelerate):
+    """A step that measures backwards the two losses apart and sums them: the run must be the same as one
+    that never measures; and the schedules of the LM weight are what --lm_weight_schedule says."""
+    common = ["--max_steps", "4", "--save_steps", "4", "--eval_steps", "100", "--lm_weight", "0.5",
+              "--lm_train_file", KO_TEXT, "--block_size", "32", "--per_device_lm_batch_size", "2",
+              "--lm_weight_schedule", "warmup", "--pool_layer", "4"]
+    run(tiny_model, tmp_path / "plain", *common)
+    reset_accelerate()
+    run(tiny_model, tmp_path / "measured", *common, "--grad_conflict_steps", "2", "--grad_conflict_group_size", "2")
+    for key in ("cl_loss", "lm_loss"):
+        plain, measured = per_step(tmp_path / "plain", key), per_step(tmp_path / "measured", key)
+        assert measured == pytest.approx(plain, rel=1e-5), key
+    cos = per_step(tmp_path / "measured", "grad_cos/all")
+    assert sorted(cos) == [2, 4] and all(-1 <= c <= 1 for c in cos.values())
+    assert {"grad_cos/layers_1-2", "grad_cos/layers_3-4", "grad_cos/embeddings", "grad_norm/cl"} <= {
+        k for r in log_of(tmp_path / "measured") for k in r}
+    weights = per_step(tmp_path / "plain", "lm_weight")
+    assert [weights[s] for s in (1, 2, 3, 4)] == pytest.approx([0.0, 0.5 / 3, 0.5 * 2 / 3, 0.5])
+    reset_accelerate()
+    run(tiny_model, tmp_path / "pcgrad", *common, "--objective_balance", "pcgrad")
+    assert len(per_step(tmp_path / "pcgrad", "cl_loss")) == 4

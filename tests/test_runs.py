@@ -162,7 +162,8 @@ def test_bad_input_is_one_line_not_a_traceback(tiny_model, tmp_path):
 
 def test_lm_head_block_size_defaults_to_the_model_context(tmp_path, reset_accelerate):
     tokenizer = train_demo_tokenizer([row[s] for row in iter_parallel_jsonl(TRAIN) for s in ("ko", "en")])
-    tiny_llama(len(tokenizer), hidden_size=32, num_layers=1, max_position_embeddings=128).save_pretrained(tmp_path / "m")
+    model = tiny_llama(len(tokenizer), hidden_size=32, num_layers=1, max_position_embeddings=128)
+    model.save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
     train_lm_head.main(["--model_name_or_path", str(tmp_path / "m"), "--train_file", str(DEMO / "mono_ko_train.txt"),
                         "--output_dir", str(tmp_path / "o"), "--max_steps", "1", "--report_to", "none",
