@@ -53,6 +53,7 @@ import logging
 import math
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
@@ -889,7 +890,8 @@ def autocast(device, bf16: bool):
 
 
 @torch.no_grad()
-def encode_layers(model, tokenizer, texts: list[str], pooled: dict, batch_size: int, device, label: str) -> torch.Tensor:
+def encode_layers(model, tokenizer, texts: list[str], pooled: dict, batch_size: int, device,
+                  label: str) -> torch.Tensor:
     """(N + 1, len(texts), D) float32: the pooled vector of every text at every layer, layers numbered as
     in ``common.pooling`` (N = the last decoder layer's output before the final norm). ``pooled`` gives
     ``pooling``, ``include_bos``, ``max_seq_length`` and ``bf16`` (autocast)."""
@@ -951,7 +953,7 @@ def source_groups(sources: list[str], min_pairs: int) -> dict[str, list[int]]:
 
 
 def layer_metrics(model, tokenizer, ko: list[str], en: list[str], args: Arguments, device, label: str,
-                  sources: list[str] | None = None, pooled: dict | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
+                  sources: list[str] | None = None, pooled: dict | None = None) -> tuple[list, dict]:
     """``alignment_metrics`` of the Korean and English vectors at every layer 0..N, over all the pairs and
     per source (``source_groups`` of ``sources`` with --min_source_pairs); the texts are the keys, so
     repeated sentences are neither random pairs nor retrieval misses. ``pooled``: pooling, BOS, max length and
@@ -1056,9 +1058,15 @@ def report_layer_of(result: dict, spec: str) -> int | None:
         return None
     if spec == "best":
         return result["best_layer"]
-    if spec == "middle":
+    if spec == "middle" or (spec == "trained" and result.get("trained_layer") is None):
         return (len(layers) - 1) // 2
+    if spec == "trained":
+        return min(result["trained_layer"], len(layers) - 1)
     return min(int(spec), len(layers) - 1)
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join([f"| {' | '.join(head)} |", "|" + "---|" * len(head)] + [f"| {' | '.join(r)} |" for r in rows])
 
 
 def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments) -> None:
@@ -1068,10 +1076,10 @@ def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments
         suffix = f" ({p['en']}/{p['ko']})" if many else ""
         head += [f"{p['en']} acc", f"{p['ko']} acc", f"agreement{suffix}", f"kappa{suffix}",
                  f"both right / only EN / only KO / both wrong{suffix}"]
-    has_layers = any(r.get("layers") for r in results.values())
-    if has_layers:
-        head += ["layer", "gap", "retrieval ko->en", "retrieval en->ko", "best layer"]
-    lines = [f"| {' | '.join(head)} |", "|" + "---|" * len(head)]
+    has_rep = any(r.get("representation") for r in results.values())
+    if has_rep:
+        head += ["pooled (as trained)", "cos", "gap", "retrieval ko->en", "retrieval en->ko"]
+    rows = []
     for model, r in results.items():
         row = [model]
         for p in pairs:
@@ -1082,15 +1090,29 @@ def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments
             t = s["table"]
             row += [fmt(s["acc_en"]), fmt(s["acc_ko"]), fmt(s["agreement"]), fmt(s["kappa"]),
                     f"{t['both_right']} / {t['only_en_right']} / {t['only_ko_right']} / {t['both_wrong']}"]
-        if has_layers:
-            layer = report_layer_of(r, args.report_layer)
-            if layer is None:
+        if has_rep:
+            rep = r.get("representation")
+            if rep is None:
                 row += ["-"] * 5
             else:
-                m = r["layers"][layer]
-                row += [str(layer), fmt(m["gap"]), fmt(m["retrieval_ko_en"]), fmt(m["retrieval_en_ko"]),
-                        str(r["best_layer"])]
-        lines.append(f"| {' | '.join(row)} |")
+                row += [describe_pooling(rep["pooled"]) + (" (as step 0)" if rep["pooled"].get("like_run") else ""),
+                        fmt(rep["parallel_cos"]), fmt(rep["gap"]), fmt(rep["retrieval_ko_en"]),
+                        fmt(rep["retrieval_en_ko"])]
+        rows.append(row)
+    lines = [table(head, rows)]
+    layer_rows = []
+    for model, r in results.items():
+        layer = report_layer_of(r, args.report_layer)
+        if layer is not None:
+            m, pooled = r["layers"][layer], r.get("layers_pooled", {})
+            layer_rows.append([model, str(layer), fmt(m["parallel_cos"]), fmt(m["gap"]), fmt(m["retrieval_ko_en"]),
+                               fmt(m["retrieval_en_ko"]), str(r["best_layer"]),
+                               pooled.get("pooling", "-") + (", BOS" if pooled.get("include_bos") else "")])
+    if layer_rows:
+        lines.append(f"\nPer-layer metrics (both languages through the model) at the reported layer "
+                     f"({args.report_layer}):\n")
+        lines.append(table(["model", "layer", "cos", "gap", "retrieval ko->en", "retrieval en->ko", "best layer",
+                            "pooling"], layer_rows))
     text = "# EN/KO agreement\n\n" + "\n".join(lines) + "\n"
     if pairs:
         norm_head = ["model"]
@@ -1120,7 +1142,9 @@ def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments
         text += "\nLayer metrics per source (retrieval among the pairs of that source):\n\n" + "\n".join(src) + "\n"
     n = {p["name"]: len(p["en_idx"]) for p in pairs}
     text += f"\nItems per pair: {n}. Layers: 0 = embeddings, L = output of decoder layer L (N before the final norm); "
-    text += f"reported layer: {args.report_layer}; pooling: {args.pooling}.\n"
+    text += (f"reported layer: {args.report_layer}. \"pooled (as trained)\": each checkpoint as its run pooled "
+             "(training_args.json, layer_weights.json; English through the frozen starting model for a frozen run), "
+             "each baseline as the runs it is compared with at their step 0.\n")
     sample = next((r["layer_pairs"] for r in results.values() if r.get("layer_pairs")), None)
     if sample:
         text += (f"Layer metrics on {sample['sampled']} of the {sample['rows_in_file']} pairs of "
@@ -1211,52 +1235,208 @@ def json_safe(x):
 # ----------------------------------------------------------------------------- main
 
 
+class Evaluator:
+    """Evaluates one model at a time into ``results`` (written to results.json after each model): the task pairs,
+    the per-layer metrics and the representation as trained. Holds what every model shares: the prepared
+    tasks, the sampled parallel pairs, the device and the English encoders of frozen runs (loaded once)."""
+
+    def __init__(self, args: Arguments, pairs: list[dict], layer_pairs: dict | None, out_dir: Path, results: dict):
+        self.args, self.pairs, self.layer_pairs, self.out_dir, self.results = args, pairs, layer_pairs, out_dir, results
+        self.device = pick_device(args.device)
+        self.dtype = pick_dtype(args.dtype, self.device)
+        self.english_cache: dict[tuple, tuple] = {}
+        self.bar = tqdm(desc="eval_agreement", unit="step", total=0)
+
+    def english_source(self, spec: dict) -> str | None:
+        """Who encodes English for a run's representation (None: the model itself); see --english_model."""
+        if self.args.english_model == "self":
+            return None
+        if self.args.english_model is not None:
+            return self.args.english_model
+        return spec["english_model"]
+
+    def check_english(self, entries: list[dict]) -> None:
+        """Before anything is loaded: every frozen run's starting model must be reachable."""
+        problems = []
+        for e in entries:
+            spec = trained_pooling(e["source"]) if e["local"] else None
+            source = self.english_source(spec) if spec else None
+            if source and not os.path.isdir(source) and not looks_like_hub_id(source):
+                problems.append(f"{e['source']}: its English encoder {source} (the run's starting model) is not found "
+                                "from here; give --english_model PATH (or 'self')")
+        if problems:
+            raise EvalError("\n".join(problems))
+
+    def english(self, source: str, bf16: bool):
+        """(model, tokenizer) encoding English, cached; in bf16 when the run trained under --bf16 (its frozen copy
+        was moved to bf16), else float32."""
+        dtype = torch.bfloat16 if bf16 else torch.float32
+        key = (source, dtype)
+        if key not in self.english_cache:
+            entry = {"source": source, "local": os.path.isdir(source)}
+            self.english_cache[key] = load_model(entry, self.device, dtype)
+        return self.english_cache[key]
+
+    def evaluate(self, entry: dict, base_specs: list[dict]) -> dict:
+        args, label, device = self.args, entry["label"], self.device
+        self.bar.total += 1 + len(self.pairs) + (1 if self.layer_pairs else 0)
+        self.bar.refresh()
+        self.bar.set_postfix_str(f"{label}: loading")
+        model, tokenizer = load_model(entry, device, self.dtype)
+        self.bar.update(1)
+        result = {"source": entry["source"], "role": entry["role"]}
+        if self.pairs:
+            result.update(evaluate_model_on_pairs(model, tokenizer, label, self.pairs, args, self.out_dir, self.bar))
+        if self.layer_pairs:
+            self.bar.set_postfix_str(f"{label}: layers")
+            if model.dtype != torch.float32:  # representation metrics in the training's precision
+                del model
+                free_memory(device)
+                model, tokenizer = load_model(entry, device, torch.float32)
+            result.update(self.representation(model, tokenizer, entry, base_specs))
+            self.bar.update(1)
+        self.results[label] = result
+        del model
+        free_memory(device)
+        # written after every model, so a crash late in a long list keeps the finished ones
+        (self.out_dir / "results.json").write_text(json.dumps(json_safe(self.results), indent=2, ensure_ascii=False),
+                                                   encoding="utf-8")
+        return result
+
+    def representation(self, model, tokenizer, entry: dict, base_specs: list[dict]) -> dict:
+        """Per-layer metrics, and "representation": the run's own pooling (a run's checkpoint) or, for a model
+        no run trained, the pooling of the runs it is compared with (as at their step 0), else the flags'."""
+        args, lp, label = self.args, self.layer_pairs, entry["label"]
+        sample = {"file": os.path.abspath(args.parallel_file), **layer_pairs_summary(lp, args.seed)}
+        spec = trained_pooling(entry["source"]) if entry["local"] else None
+        n_layers = num_layers_of_model(model)
+        out = {}
+        if spec is not None:
+            english_source = self.english_source(spec)
+            english = self.english(english_source, spec["bf16"]) if english_source else None
+            rep = pooled_representation(model, tokenizer, spec, lp, self.device, label, args.min_source_pairs, english)
+            pooled = {**spec, "english_model": english_source, "english_encoder": "other model" if english_source and
+                      spec["english_encoder"] != "frozen" else spec["english_encoder"]}
+            out["representation"] = {**rep, "pooled": pooled, "pairs": sample}
+            out["trained_layer"] = top_layer(spec)
+            layer_pooling = spec
+        else:
+            reps = []
+            for base in base_specs or [flags_pooling(args)]:
+                base = {**base, "layers": base["layers"] or [n_layers // 2]}
+                if max(base["layers"]) > n_layers:
+                    logger.warning("%s has %d layers: not pooled like %s (layers %s)", label, n_layers,
+                                   base.get("like_run"), base["layers"])
+                    continue
+                rep = pooled_representation(model, tokenizer, base, lp, self.device, label, args.min_source_pairs)
+                reps.append({**rep, "pooled": base, "pairs": sample})
+            if reps:
+                out["representation"] = reps[0]
+                followed = reps[0]["pooled"]["layers"]  # a mixture at step 0 has no top layer: the middle one
+                out["trained_layer"] = followed[0] if len(followed) == 1 else None
+                if len(reps) > 1:
+                    out["representations"] = reps
+            layer_pooling = flags_pooling(args)
+        out["layers"], out["layers_by_source"] = layer_metrics(model, tokenizer, lp["ko"], lp["en"], args, self.device,
+                                                               label, lp["source"], pooled=layer_pooling)
+        out["best_layer"] = best_layer(out["layers"])
+        out["layer_pairs"] = layer_pairs_summary(lp, args.seed)
+        out["layers_pooled"] = {k: layer_pooling[k] for k in ("pooling", "include_bos", "max_seq_length", "bf16")}
+        return out
+
+    def finish(self) -> list[str]:
+        """results.md and the plots from everything in ``results``; returns the plot names."""
+        write_markdown(self.out_dir / "results.md", self.results, self.pairs, self.args)
+        return write_plots(self.out_dir, self.results, self.pairs) if self.args.plots else []
+
+    def close(self) -> None:
+        self.bar.close()
+        self.english_cache.clear()
+        free_memory(self.device)
+
+
+def free_memory(device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_is_live(folder: str) -> bool:
+    """Whether a trainer still writes into ``folder`` or a run directly inside it (a live ``.lock``)."""
+    from common.checkpoint import RunLock
+
+    folders = [Path(folder)] + [p for p in Path(folder).iterdir() if p.is_dir() and not STEP_RE.search(p.name)]
+    return any(RunLock(str(f)).owner() is not None for f in folders)
+
+
+def watch(args: Arguments, evaluator: Evaluator, entries: list[dict]) -> None:
+    """Follow the --watch folders: evaluate the given models and every complete checkpoint once, as it appears;
+    the baselines once every watched run has a checkpoint (their pooling follows the runs) or training ended.
+    Return when no watched run is live (no live ``.lock``; looked at before listing the checkpoints, so the
+    last ones are not missed) and everything found is evaluated, or after --watch_timeout seconds without news."""
+    results = evaluator.results
+    given = [e for e in entries if e["role"] == "checkpoint"]
+    baselines = [e for e in entries if e["role"] == "baseline"]
+    last_news = time.monotonic()
+    while True:
+        live = any(run_is_live(folder) for folder in args.watch)
+        found = [{"source": str(c.resolve()), "role": "checkpoint", "local": True}
+                 for folder in args.watch for c in run_checkpoints(folder)]
+        done = {r["source"] for r in results.values()}
+        new = [e for e in given if e["source"] not in done]
+        new += [e for e in found if e["source"] not in done and e["source"] not in {g["source"] for g in given}]
+        assign_labels(new, {label: r["source"] for label, r in results.items()})
+        specs = pool_like_specs(args, given + found) if evaluator.layer_pairs else []
+        for entry in new:
+            logger.info("evaluating %s (%s)", entry["label"], entry["source"])
+            evaluator.evaluate(entry, specs)
+        pending = [e for e in baselines if e["source"] not in done]
+        if pending and (not live or all(run_checkpoints(folder) for folder in args.watch)):
+            assign_labels(pending, {label: r["source"] for label, r in results.items()})
+            for entry in pending:
+                evaluator.evaluate(entry, specs)
+        else:
+            pending = []
+        if new or pending:
+            evaluator.finish()
+            last_news = time.monotonic()
+        if not live:
+            return
+        if args.watch_timeout is not None and time.monotonic() - last_news > args.watch_timeout:
+            logger.warning("no new checkpoint for %.0f s (--watch_timeout): stopping", args.watch_timeout)
+            return
+        time.sleep(args.watch_interval)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     check_args(args)
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
 
     # everything that can be wrong with the input is found before any model is loaded
-    entries = resolve_models(args)
+    entries = resolve_models(args) if args.models or args.baseline else []
     pairs = [] if args.skip_tasks else prepare_pairs(args)
     layer_pairs = read_pairs(args.parallel_file, args.max_pairs, args.seed) if args.parallel_file else None
+    base_specs = pool_like_specs(args, entries) if layer_pairs else []
 
     out_dir = Path(args.output_dir)
+    results = {}
+    if args.watch and (out_dir / "results.json").is_file():  # resume: what is there is not evaluated again
+        results = read_json(out_dir / "results.json", "results of an earlier --watch")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval_args.json").write_text(json.dumps(asdict(args), indent=2), encoding="utf-8")
-    device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
-
-    results = {}
-    steps = len(entries) * (len(pairs) + (1 if layer_pairs else 0) + 1)
-    bar = tqdm(total=steps, desc="eval_agreement", unit="step")
-    for entry in entries:
-        label = entry["label"]
-        bar.set_postfix_str(f"{label}: loading")
-        model, tokenizer = load_model(entry, device, dtype)
-        bar.update(1)
-        result = {"source": entry["source"], "role": entry["role"]}
-        if pairs:
-            result.update(evaluate_model_on_pairs(model, tokenizer, label, pairs, args, out_dir, bar))
-        if layer_pairs:
-            bar.set_postfix_str(f"{label}: layers")
-            result["layers"], by_source = layer_metrics(model, tokenizer, layer_pairs["ko"], layer_pairs["en"], args,
-                                                        device, label, layer_pairs["source"])
-            result["best_layer"] = best_layer(result["layers"])
-            result["layers_by_source"] = by_source
-            result["layer_pairs"] = layer_pairs_summary(layer_pairs, args.seed)
-            bar.update(1)
-        results[label] = result
-        del model
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        # written after every model, so a crash late in a long list keeps the finished ones
-        (out_dir / "results.json").write_text(json.dumps(json_safe(results), indent=2, ensure_ascii=False),
-                                              encoding="utf-8")
-    bar.close()
-    write_markdown(out_dir / "results.md", results, pairs, args)
-    plots = write_plots(out_dir, results, pairs) if args.plots else []
+    evaluator = Evaluator(args, pairs, layer_pairs, out_dir, results)
+    watched = [{"source": str(c), "local": True} for folder in args.watch for c in run_checkpoints(folder)]
+    evaluator.check_english(entries + watched)
+    try:
+        if args.watch:
+            watch(args, evaluator, entries)
+        else:
+            for entry in entries:
+                evaluator.evaluate(entry, base_specs)
+    finally:
+        evaluator.close()
+    plots = evaluator.finish()
     print((out_dir / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {out_dir / 'results.json'}, results.md, per-item files" + (f", {', '.join(plots)}" if plots else ""))
     return results

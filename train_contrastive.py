@@ -163,6 +163,13 @@ class Arguments:
     grad_conflict_group_size: int = field(default=4, metadata={"help": (
         "Decoder layers per grad_cos/layers_A-B group."
     )})
+    cl_chunk_size: int = field(default=0, metadata={"help": (
+        "Gradient caching (GradCache): embed the pairs in chunks of this many per process without a graph, "
+        "compute InfoNCE over all gathered vectors, then back-propagate chunk by chunk from the cached vector "
+        "gradients. The same losses and gradients as the whole batch, with the activation memory of one chunk, "
+        "so batches of thousands of pairs (more negatives) fit; costs a second forward. 0: off. DDP or one "
+        "process (not under DeepSpeed ZeRO); with --objective_balance sum and no --grad_conflict_steps."
+    )})
     mask_duplicates: bool = field(default=True, metadata={"help": (
         "Leave out of the InfoNCE softmax every candidate that shares a sentence (token ids) with the anchor's "
         "pair: a repeated sentence is a translation, not a negative. dup_masked logs the count of such cells in "
@@ -290,6 +297,10 @@ def check_args(args: Arguments, num_layers: int) -> list[int]:
     if (args.objective_balance == "pcgrad" or args.grad_conflict_steps) and not (args.cl_weight and args.lm_weight):
         raise ValueError("--objective_balance pcgrad and --grad_conflict_steps compare the contrastive and the LM "
                          "gradients: they need --cl_weight > 0 and --lm_weight > 0")
+    if args.cl_chunk_size < 0 or (args.cl_chunk_size and (args.objective_balance == "pcgrad"
+                                                           or args.grad_conflict_steps)):
+        raise ValueError("--cl_chunk_size must be >= 0, and it combines with --objective_balance sum only and "
+                         "without --grad_conflict_steps")
     if args.grad_conflict_steps < 0 or args.grad_conflict_group_size < 1:
         raise ValueError("--grad_conflict_steps must be >= 0 and --grad_conflict_group_size >= 1")
     if not 0 <= args.lm_ko_ratio <= 1:
@@ -486,6 +497,43 @@ def combine_gradients(params: list[nn.Parameter], names: list[str], cl_term: Ten
     return stats
 
 
+def cached_backward(accelerator, model, batch: dict, chunk_size: int, *, english_encoder, lm_input_ids,
+                    cl_weight: float, lm_weight: float, mix_entropy_weight: float, **loss_kwargs) -> tuple:
+    """Gradient caching (Gao et al. 2021, GradCache): the contrastive step on ``batch`` with the activations
+    of ``chunk_size`` pairs at a time, and the gradients of the whole batch. Returns (total, cl_loss, lm_loss,
+    mix_entropy) like one ordinary forward; the gradients are left in ``.grad``.
+
+    1. Every chunk's vectors without a graph. 2. InfoNCE over all of them (gathered from every process, as
+    usual), backwarded to the vectors only: d loss / d vector for every pair. 3. Chunk by chunk, the forward
+    again with a graph and the backward of sum(vector * its cached gradient), which by the chain rule adds
+    that chunk's share of d loss / d parameters. The LM loss and the mixture's entropy term join the last
+    chunk's backward, the one DDP reduces (the others run under ``no_sync``)."""
+    n = batch["ko_input_ids"].shape[0]
+    chunks = [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
+    with torch.no_grad(), accelerator.no_sync(model):
+        parts = [model(**{k: v[s] for k, v in batch.items()}, english_encoder=english_encoder)[:2] for s in chunks]
+    ko = torch.cat([p[0] for p in parts]).requires_grad_()
+    en = torch.cat([p[1] for p in parts]).requires_grad_()
+    _, cl_loss, _ = step_losses(ko, en, None, cl_weight=cl_weight, lm_weight=0.0, **loss_kwargs)
+    (cl_weight * cl_loss).backward()
+    for i, s in enumerate(chunks):
+        last = i == len(chunks) - 1
+        with nullcontext() if last else accelerator.no_sync(model):
+            ko_c, en_c, lm_loss, mix_entropy = model(**{k: v[s] for k, v in batch.items()},
+                                                     english_encoder=english_encoder,
+                                                     lm_input_ids=lm_input_ids if last else None)
+            surrogate = (ko_c * ko.grad[s]).sum() + (en_c * en.grad[s]).sum()
+            if last and lm_loss is not None:
+                surrogate = surrogate + lm_weight * lm_loss
+            if last and mix_entropy is not None and mix_entropy_weight:
+                surrogate = surrogate + mix_entropy_weight * mix_entropy
+            accelerator.backward(surrogate)
+    total = cl_weight * cl_loss.detach()
+    if lm_loss is not None:
+        total = total + lm_weight * lm_loss.detach()
+    return total, cl_loss.detach(), lm_loss, mix_entropy
+
+
 @torch.no_grad()
 def evaluate(model: ContrastiveModel, loader: DataLoader, device, english_encoder: nn.Module | None = None,
              sources: list[str] | None = None, min_source_pairs: int = 50) -> dict:
@@ -633,9 +681,9 @@ def main(argv: list[str] | None = None):
     # scheduler is stepped once per optimizer step by us and checkpointed alongside.
     configure_deepspeed(accelerator, args.per_device_train_batch_size, args.max_grad_norm)
     if accelerator.state.deepspeed_plugin is not None and (args.objective_balance == "pcgrad"
-                                                            or args.grad_conflict_steps):
-        raise ValueError("--objective_balance pcgrad and --grad_conflict_steps need the two gradients apart, which "
-                         "the DeepSpeed ZeRO engine does not give: launch without DeepSpeed (DDP) for them")
+                                                            or args.grad_conflict_steps or args.cl_chunk_size):
+        raise ValueError("--objective_balance pcgrad, --grad_conflict_steps and --cl_chunk_size need control of "
+                         "the backward passes that the DeepSpeed ZeRO engine keeps: launch without DeepSpeed (DDP)")
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     register_weights_in_export(accelerator, submodule="lm")  # the resume state does not repeat the weights
@@ -734,22 +782,30 @@ def main(argv: list[str] | None = None):
         # averaged over the processes by hand); every other step is one ordinary backward of the sum.
         two_gradients = args.objective_balance == "pcgrad" or bool(
             args.grad_conflict_steps and (step + 1) % args.grad_conflict_steps == 0)
-        with accelerator.no_sync(model) if two_gradients else nullcontext():
-            ko, en, lm_loss, mix_entropy = model(**batch, english_encoder=frozen_en, lm_input_ids=lm_batch)
-            loss, cl_loss, lm_loss = step_losses(ko, en, lm_loss, temperature=args.temperature,
-                                                 symmetric=args.symmetric, cl_weight=args.cl_weight,
-                                                 lm_weight=lm_weight,
-                                                 pair_keys=pair_keys if args.mask_duplicates else None,
-                                                 mix_entropy=mix_entropy, mix_entropy_weight=args.mix_entropy_weight)
         conflict = {}
-        if two_gradients:
-            cl_term = args.cl_weight * cl_loss
-            if mix_entropy is not None and args.mix_entropy_weight:
-                cl_term = cl_term + args.mix_entropy_weight * mix_entropy
-            conflict = combine_gradients(trainable_params, trainable_names, cl_term, lm_weight * lm_loss,
-                                         args.objective_balance, args.grad_conflict_group_size)
+        if args.cl_chunk_size and batch:  # gradient caching: the whole batch's gradients, one chunk's memory
+            loss, cl_loss, lm_loss, mix_entropy = cached_backward(
+                accelerator, model, batch, args.cl_chunk_size, english_encoder=frozen_en, lm_input_ids=lm_batch,
+                cl_weight=args.cl_weight, lm_weight=lm_weight, mix_entropy_weight=args.mix_entropy_weight,
+                temperature=args.temperature, symmetric=args.symmetric,
+                pair_keys=pair_keys if args.mask_duplicates else None)
         else:
-            accelerator.backward(loss)
+            with accelerator.no_sync(model) if two_gradients else nullcontext():
+                ko, en, lm_loss, mix_entropy = model(**batch, english_encoder=frozen_en, lm_input_ids=lm_batch)
+                loss, cl_loss, lm_loss = step_losses(ko, en, lm_loss, temperature=args.temperature,
+                                                     symmetric=args.symmetric, cl_weight=args.cl_weight,
+                                                     lm_weight=lm_weight,
+                                                     pair_keys=pair_keys if args.mask_duplicates else None,
+                                                     mix_entropy=mix_entropy,
+                                                     mix_entropy_weight=args.mix_entropy_weight)
+            if two_gradients:
+                cl_term = args.cl_weight * cl_loss
+                if mix_entropy is not None and args.mix_entropy_weight:
+                    cl_term = cl_term + args.mix_entropy_weight * mix_entropy
+                conflict = combine_gradients(trainable_params, trainable_names, cl_term, lm_weight * lm_loss,
+                                             args.objective_balance, args.grad_conflict_group_size)
+            else:
+                accelerator.backward(loss)
         # [shared: optimizer step]
         if args.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)

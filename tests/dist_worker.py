@@ -28,7 +28,7 @@ from common.pooling import LayerMixture
 NUM_LAYERS, VOCAB, BOS, PAD = 4, 96, 1, 3
 # Settings of each variant over these defaults; "mix_temperature" set means a layer mixture.
 DEFAULTS = dict(layers=[2], pooling="mean", frozen=False, mix_temperature=None, mix_normalize=True, temperature=0.05,
-                symmetric=True, cl_weight=1.0, lm_weight=0.0, dedup=False, two_gradients=False)
+                symmetric=True, cl_weight=1.0, lm_weight=0.0, dedup=False, two_gradients=False, chunk=0)
 VARIANTS = {
     "top_layer_unused_head": dict(layers=[NUM_LAYERS]),
     "truncated_middle_layer": dict(layers=[2]),
@@ -43,6 +43,8 @@ VARIANTS = {
     "lm_loss": dict(lm_weight=0.5),
     # the contrastive and LM gradients backwarded apart and averaged by hand (grad conflict, PCGrad's path)
     "two_gradients_summed": dict(lm_weight=0.5, two_gradients=True),
+    # gradient caching: chunks of 3 of each process's 4 pairs, with a mixture, the frozen English copy and the LM loss
+    "chunked_gradient_cache": dict(layers=[1, 2, 3], mix_temperature=0.5, frozen=True, lm_weight=0.5, chunk=3),
 }
 
 
@@ -132,10 +134,17 @@ def main(out_path: str) -> None:
         lm_global = torch.randint(4, VOCAB, (4, 12), generator=torch.Generator().manual_seed(v))
         lm_local = lm_global[rank * 2 : (rank + 1) * 2] if s["lm_weight"] > 0 else None
         with accelerator.no_sync(model) if s["two_gradients"] else contextlib.nullcontext():
-            ko, en, lm_loss, _ = model(**batch, english_encoder=frozen, lm_input_ids=lm_local)
-            loss, cl_loss, _ = tc.step_losses(ko, en, lm_loss, temperature=s["temperature"], symmetric=s["symmetric"],
-                                              cl_weight=s["cl_weight"], lm_weight=s["lm_weight"], pair_keys=keys)
-        if s["two_gradients"]:
+            if not s["chunk"]:
+                ko, en, lm_loss, _ = model(**batch, english_encoder=frozen, lm_input_ids=lm_local)
+                loss, cl_loss, _ = tc.step_losses(ko, en, lm_loss, temperature=s["temperature"],
+                                                  symmetric=s["symmetric"], cl_weight=s["cl_weight"],
+                                                  lm_weight=s["lm_weight"], pair_keys=keys)
+        if s["chunk"]:
+            loss, cl_loss, _, _ = tc.cached_backward(
+                accelerator, model, batch, s["chunk"], english_encoder=frozen, lm_input_ids=lm_local,
+                cl_weight=s["cl_weight"], lm_weight=s["lm_weight"], mix_entropy_weight=0.0,
+                temperature=s["temperature"], symmetric=s["symmetric"], pair_keys=keys)
+        elif s["two_gradients"]:
             names = [n for n, p in model.named_parameters() if p.requires_grad]
             params = [p for p in model.parameters() if p.requires_grad]
             tc.combine_gradients(params, names, s["cl_weight"] * cl_loss, s["lm_weight"] * lm_loss, "sum", 2)

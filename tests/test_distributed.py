@@ -25,7 +25,7 @@ def two_process_results(tmp_path_factory):
 
 VARIANTS = ["top_layer_unused_head", "truncated_middle_layer", "layer_0", "last_token", "frozen_english",
             "mixture", "mixture_unnormalised", "frozen_english_mixture", "duplicates_masked", "one_directional",
-            "lm_loss", "two_gradients_summed"]
+            "lm_loss", "two_gradients_summed", "chunked_gradient_cache"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

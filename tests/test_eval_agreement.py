@@ -151,7 +151,7 @@ def test_predictions_equal_direct_loglikelihoods(real_run, which):
 
     model = AutoModelForCausalLM.from_pretrained(real_run[which], dtype=torch.float32).eval()
     tok = real_run["tok"]
-    label = {"llama": "checkpoint-100", "neox": "neox"}[which]
+    label = {"llama": "run1/checkpoint-100", "neox": "neox"}[which]
     rows = read_jsonl(real_run["out"] / label / f"{PAIR}.items.jsonl")
     docs = {lang: {d["id"]: d for d in read_jsonl(path)} for lang, path in (("en", EN_ARC), ("ko", KO_ARC))}
     prompts = {"en": "Question: {}\nAnswer:", "ko": "질문: {}\n정답:"}
@@ -174,7 +174,7 @@ def test_predictions_equal_direct_loglikelihoods(real_run, which):
 
 def test_end_to_end_real_arc(real_run):
     results, out = real_run["results"], real_run["out"]
-    assert list(results) == ["checkpoint-100", "neox"]  # order given: checkpoints, then baselines
+    assert list(results) == ["run1/checkpoint-100", "neox"]  # order given: checkpoints, then baselines
     first_ids = [d["id"] for d in read_jsonl(EN_ARC)[:LIMIT]]
     on_disk = json.loads((out / "results.json").read_text(encoding="utf-8"))
     for label, r in results.items():
@@ -193,8 +193,8 @@ def test_end_to_end_real_arc(real_run):
             assert s[key] == pytest.approx(s["lm_eval"][key])
         assert on_disk[label][PAIR]["table"] == s["table"]
     md = (out / "results.md").read_text(encoding="utf-8")
-    rows_md = [line for line in md.splitlines() if line.startswith("| checkpoint-100") or line.startswith("| neox")]
-    assert [line.split("|")[1].strip() for line in rows_md[:2]] == ["checkpoint-100", "neox"]
+    rows_md = [line for line in md.splitlines() if line.startswith("| run1/checkpoint-100") or line.startswith("| neox")]
+    assert [line.split("|")[1].strip() for line in rows_md[:2]] == ["run1/checkpoint-100", "neox"]
     assert "arc_challenge acc" in md and "ko_arc_challenge acc" in md
     for png in ("accuracy_vs_step.png", "retrieval_per_layer.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -214,7 +214,7 @@ def test_end_to_end_layers_on_a_sample_overall_and_per_source(real_run):
     assert len({p["en"] for p in pairs}) < len(pairs)  # a repeated text ('Attack!'): the keys matter
     by_source = {s: [i for i, p in enumerate(pairs) if p["source"] == s] for s in ("ntrex128", "tatoeba")}
     assert {s: len(rows) for s, rows in by_source.items()} == {"ntrex128": 19, "tatoeba": 11}  # 30 x 40/64, 24/64
-    for label, which in (("checkpoint-100", "llama"), ("neox", "neox")):
+    for label, which in (("run1/checkpoint-100", "llama"), ("neox", "neox")):
         layers = results[label]["layers"]
         assert [m["layer"] for m in layers] == [0, 1, 2]
         assert results[label]["best_layer"] == ea.best_layer(layers)
@@ -241,7 +241,7 @@ def test_end_to_end_layers_on_a_sample_overall_and_per_source(real_run):
                 for key, value in expected.items():
                     assert got[layer][key] == pytest.approx(value, abs=1e-4, nan_ok=True), (label, source, layer, key)
     md = (real_run["out"] / "results.md").read_text(encoding="utf-8")
-    assert "| checkpoint-100 | ntrex128 | 19 | 1 |" in md and "| neox | tatoeba | 11 | 1 |" in md  # middle layer
+    assert "| run1/checkpoint-100 | ntrex128 | 19 | 1 |" in md and "| neox | tatoeba | 11 | 1 |" in md  # middle layer
     assert "Layer metrics on 30 of the 64 pairs" in md
 
 
@@ -501,7 +501,8 @@ def test_arguments_positional_and_labels(tmp_path):
     args = ea.parse_args([str(tmp_path / "run1" / "checkpoint-100"), str(tmp_path / "run2" / "checkpoint-100"),
                           str(tmp_path / "run1" / "checkpoint-200"), "--baseline", "org/base"])
     labels = [e["label"] for e in ea.resolve_models(args)]
-    assert labels == ["run1/checkpoint-100", "run2/checkpoint-100", "checkpoint-200", "base"]
+    # a checkpoint is named with its run folder, so two runs' checkpoint-200 never look alike in a legend
+    assert labels == ["run1/checkpoint-100", "run2/checkpoint-100", "run1/checkpoint-200", "base"]
     with pytest.raises(ea.EvalError, match="given twice"):
         ea.resolve_models(ea.parse_args([str(tmp_path / "run1" / "checkpoint-100")] * 2))
 

@@ -202,3 +202,28 @@ def test_measuring_the_conflict_does_not_change_the_training(tiny_model, tmp_pat
     reset_accelerate()
     run(tiny_model, tmp_path / "pcgrad", *common, "--objective_balance", "pcgrad")
     assert len(per_step(tmp_path / "pcgrad", "cl_loss")) == 4
+
+
+@pytest.mark.parametrize("variant", [
+    ["--pool_layer", "3"],
+    ["--english_encoder", "frozen", "--mix_layers", "1-3", "--mix_learning_rate", "0.05"],
+    ["--lm_weight", "0.5", "--lm_train_file", KO_TEXT, "--block_size", "32", "--per_device_lm_batch_size", "2"],
+])
+def test_gradient_caching_equals_the_whole_batch(tiny_model, tmp_path, reset_accelerate, variant):
+    """--cl_chunk_size: 8 steps in chunks of 3 pairs (16 a step: uneven chunks) against the unchunked run."""
+    common = ["--max_steps", "8", "--save_steps", "8", "--eval_steps", "100", "--per_device_train_batch_size", "16",
+              *variant]
+    run(tiny_model, tmp_path / "whole", *common)
+    reset_accelerate()
+    run(tiny_model, tmp_path / "chunked", *common, "--cl_chunk_size", "3")
+    for key in ("cl_loss", "lm_loss"):
+        whole, chunked = per_step(tmp_path / "whole", key), per_step(tmp_path / "chunked", key)
+        assert chunked == pytest.approx(whole, rel=1e-4, abs=1e-6), key
+    a = load_file(str(tmp_path / "whole" / "checkpoint-8" / "model.safetensors"))
+    b = load_file(str(tmp_path / "chunked" / "checkpoint-8" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-4)
+    if "--mix_layers" in variant:
+        w = [json.loads((tmp_path / d / "checkpoint-8" / "layer_weights.json").read_text())
+             for d in ("whole", "chunked")]
+        assert w[1] == pytest.approx(w[0], rel=1e-4)
