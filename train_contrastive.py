@@ -61,6 +61,7 @@ from common.data import (
 )
 from common.demo import demo_config
 from common.distributed import configure_deepspeed, full_parameters, process_group_kwargs, unpartitioned
+from common.flops import layer_params, lm_params, peak_flops, stage1_flops
 from common.losses import duplicate_mask, gather, info_nce
 from common.metrics import alignment_metrics
 from common.pooling import LayerMixture, pooled_layers
@@ -633,6 +634,8 @@ def main(argv: list[str] | None = None):
     if args.trainable == "new_token_embeddings" and base_vocab_size is None and expansion.is_file():
         base_vocab_size = json.loads(expansion.read_text())["base_vocab_size"]
     trainable = select_trainable(lm, args.trainable, base_vocab_size)
+    # model FLOPs per token (common/flops.py), counted before ZeRO-3 partitions the parameters
+    trunc_params, full_params = layer_params(lm, max(layers)), lm_params(lm)
     mixture = LayerMixture(layers, args.mix_temperature, normalize=args.mix_normalize) if args.mix_layers else None
     model = ContrastiveModel(lm, layers=layers, pooling=args.pooling, exclude_bos=not args.include_bos,
                              bos_token_id=tokenizer.bos_token_id, mixture=mixture)
@@ -762,18 +765,28 @@ def main(argv: list[str] | None = None):
     model.train()
     progress = tqdm(range(max_steps), initial=start_step, disable=not accelerator.is_main_process, desc="stage 1")
     window = {"cl_loss": [], "lm_loss": [], "dup_masked": [], "mix_entropy": []}
+    work = torch.zeros(3, dtype=torch.float64)  # this process's real tokens, padded tokens, model FLOPs
+    peak = peak_flops(accelerator.device, torch.bfloat16 if args.bf16 else torch.float32) \
+        if accelerator.device.type == "cuda" else None
     t0 = time.perf_counter()
     step = start_step
     for batches in zip(*streams):
         if step >= max_steps:
             break
-        batch = {k: v.to(accelerator.device) for k, v in batches[0].items()}
+        pairs, lm_cpu = batches[0], [b["input_ids"] for b in batches[1:]]
+        lm_tokens = sum(b.numel() for b in lm_cpu) if args.lm_weight else 0
+        padded = pairs["ko_input_ids"].numel() + pairs["en_input_ids"].numel() if args.cl_weight else 0
+        real = int(pairs["ko_attention_mask"].sum() + pairs["en_attention_mask"].sum()) if args.cl_weight else 0
+        work += torch.tensor([real + lm_tokens, padded + lm_tokens, stage1_flops(
+            trunc_params if args.cl_weight else 0, pairs["ko_input_ids"].numel(), pairs["en_input_ids"].numel(),
+            frozen_en is not None, full_params, lm_tokens)], dtype=torch.float64)
+        batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in pairs.items()}
         pair_keys = batch.pop("pair_keys")
         if args.cl_weight == 0:  # the no-CL control: the pairs are not even encoded
             batch = {}
         lm_batch = None
-        if len(batches) > 1:
-            lm_batch = torch.cat([b["input_ids"] for b in batches[1:]]).to(accelerator.device)
+        if lm_cpu:
+            lm_batch = torch.cat(lm_cpu).to(accelerator.device, non_blocking=True)
         if mixture is not None and args.mix_temperature_final is not None:  # annealed linearly over the run
             mixture.temperature = args.mix_temperature + (args.mix_temperature_final - args.mix_temperature) * (
                 step / max(1, max_steps - 1))
@@ -831,7 +844,13 @@ def main(argv: list[str] | None = None):
             logs["lr"] = scheduler.get_last_lr()[0]
             if args.lm_weight:
                 logs["lm_weight"] = lm_weight
-            logs["pairs_per_s"] = len(window["dup_masked"]) * global_batch / (time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            logs["pairs_per_s"] = len(window["dup_masked"]) * global_batch / seconds
+            real, padded, flops = accelerator.reduce(work.to(accelerator.device), "sum").tolist()
+            logs["tokens_per_s"], logs["padded_tokens_per_s"] = real / seconds, padded / seconds
+            if peak:
+                logs["mfu"] = flops / seconds / (peak * accelerator.num_processes)
+            work.zero_()
             if accelerator.device.type == "cuda":
                 logs["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             if mixture is not None:
@@ -843,12 +862,12 @@ def main(argv: list[str] | None = None):
             window = {k: [] for k in window}
             t0 = time.perf_counter()
         # [shared: pacing]
+        paused = time.perf_counter()
         if step % args.eval_steps == 0 or step == max_steps:
             log_eval(step)
         if step % args.save_steps == 0 or step == max_steps:
             save(step)
-        if step % args.eval_steps == 0 or step % args.save_steps == 0:
-            t0 = time.perf_counter()  # throughput counts training steps only
+        t0 += time.perf_counter() - paused  # throughput counts training time only
         # [/shared]
     # [shared: finish]
     progress.close()

@@ -54,6 +54,7 @@ from common.data import (
 )
 from common.demo import demo_config
 from common.distributed import configure_deepspeed, process_group_kwargs
+from common.flops import lm_params, peak_flops
 from common.metrics import language_model_loss
 
 logger = logging.getLogger("train_full")
@@ -220,6 +221,7 @@ def main(argv: list[str] | None = None):
         lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     lm.config.use_cache = False
     model = FullModel(lm)
+    full_params = lm_params(lm)  # model FLOPs: 6 x these x tokens (common/flops.py), before ZeRO-3 partitions
 
     # Data: each stream planned as global batches; each process takes its slice of each.
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -330,13 +332,20 @@ def main(argv: list[str] | None = None):
     progress = tqdm(range(max_steps), initial=start_step, disable=not accelerator.is_main_process,
                     desc="stage 3 (full)")
     window, t0, step = {"loss": [], "text_loss": [], "sft_loss": []}, time.perf_counter(), start_step
+    work = torch.zeros(2, dtype=torch.float64)  # this process's tokens and model FLOPs since the last log
+    peak = peak_flops(accelerator.device, torch.bfloat16 if args.bf16 else torch.float32) \
+        if accelerator.device.type == "cuda" else None
     for batches in zip(*loaders.values()):
         if step >= max_steps:
             break
         batches = dict(zip(loaders, batches))
         text = torch.cat([batches[lang]["input_ids"] for lang in ("ko", "en") if lang in batches])
-        text = text.to(accelerator.device)
-        sft_batch = {f"sft_{k}": v.to(accelerator.device) for k, v in batches.get("sft", {}).items()}
+        sft_cpu = batches.get("sft", {})
+        sft_tokens = sft_cpu["input_ids"].numel() if sft_cpu else 0
+        work += torch.tensor([text.numel() + sft_tokens, 6 * full_params * (text.numel() + sft_tokens)],
+                             dtype=torch.float64)
+        text = text.to(accelerator.device, non_blocking=True)
+        sft_batch = {f"sft_{k}": v.to(accelerator.device, non_blocking=True) for k, v in sft_cpu.items()}
         text_loss, sft_loss = model(input_ids=text, **sft_batch)
         loss = text_loss + (args.instruction_weight * sft_loss if sft_loss is not None else 0.0)
         accelerator.backward(loss)
@@ -356,7 +365,13 @@ def main(argv: list[str] | None = None):
         if step % args.logging_steps == 0 or step == max_steps:
             logs = {k: accelerator.reduce(torch.stack(v).mean(), "mean").item() for k, v in window.items() if v}
             logs["lr"] = scheduler.get_last_lr()[0]
-            logs["text_tokens_per_s"] = len(window["loss"]) * text.numel() * world / (time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            logs["text_tokens_per_s"] = len(window["loss"]) * text.numel() * world / seconds
+            tokens, flops = accelerator.reduce(work.to(accelerator.device), "sum").tolist()
+            logs["tokens_per_s"] = tokens / seconds  # padded, text and instruction tokens of every process
+            if peak:
+                logs["mfu"] = flops / seconds / (peak * world)
+            work.zero_()
             if accelerator.device.type == "cuda":
                 logs["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             write_log(logs, step)
@@ -364,12 +379,12 @@ def main(argv: list[str] | None = None):
             logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
             window, t0 = {k: [] for k in window}, time.perf_counter()
         # [shared: pacing]
+        paused = time.perf_counter()
         if step % args.eval_steps == 0 or step == max_steps:
             log_eval(step)
         if step % args.save_steps == 0 or step == max_steps:
             save(step)
-        if step % args.eval_steps == 0 or step % args.save_steps == 0:
-            t0 = time.perf_counter()  # throughput counts training steps only
+        t0 += time.perf_counter() - paused  # throughput counts training time only
         # [/shared]
     # [shared: finish]
     progress.close()

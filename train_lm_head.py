@@ -268,12 +268,12 @@ def main(argv: list[str] | None = None):
             logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
             losses, t0 = [], time.perf_counter()
         # [shared: pacing]
+        paused = time.perf_counter()
         if step % args.eval_steps == 0 or step == max_steps:
             log_eval(step)
         if step % args.save_steps == 0 or step == max_steps:
             save(step)
-        if step % args.eval_steps == 0 or step % args.save_steps == 0:
-            t0 = time.perf_counter()  # throughput counts training steps only
+        t0 += time.perf_counter() - paused  # throughput counts training time only
         # [/shared]
     # [shared: finish]
     progress.close()

@@ -38,6 +38,7 @@ from bench.bench_contrastive import CONFIGS
 from common.args import parse_arguments
 from common.data import LengthGroupedBatchSampler, ParallelCollator, iter_parallel_jsonl
 from common.demo import DEMO_DIR, train_demo_tokenizer
+from common.flops import layer_params, lm_params, peak_flops, stage1_flops
 
 RESEARCH_PAIRS = 5_700_000
 
@@ -73,27 +74,9 @@ class Arguments:
     output: str = field(default="bench/results_throughput.json", metadata={"help": "Where to write the JSON results."})
 
 
-def peak_flops(device, dtype) -> float:
-    n = 8192 if device.type == "cuda" else 2048
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    reps = 20 if device.type == "cuda" else 5
-    start = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - start)
-
-
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def layer_params(lm, upto: int) -> int:
-    return sum(p.numel() for layer in lm.model.layers[:upto] for p in layer.parameters())
 
 
 def run_scenario(name, config, lm_state, pair_batches, args, device, batch_size) -> dict:
@@ -105,7 +88,7 @@ def run_scenario(name, config, lm_state, pair_batches, args, device, batch_size)
         lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     n_layers = config.num_hidden_layers
     layer = n_layers // 2 if args.pool_layer is None else args.pool_layer
-    full_params = layer_params(lm, n_layers) + lm.lm_head.weight.numel()
+    full_params = lm_params(lm)
     stage1 = name.startswith("stage1")
     frozen = None
     if name == "stage1_frozen":
@@ -150,11 +133,9 @@ def run_scenario(name, config, lm_state, pair_batches, args, device, batch_size)
         used = [pair_batches[(3 + i) % len(pair_batches)] for i in range(args.steps)]
         ko_tokens = np.mean([b["ko_input_ids"].numel() for b in used])
         en_tokens = np.mean([b["en_input_ids"].numel() for b in used])
-        flops = 6 * trunc_params * ko_tokens + (2 if frozen is not None else 6) * trunc_params * en_tokens
-        tokens = ko_tokens + en_tokens
-        if lm_weight > 0:
-            flops += 6 * full_params * n_blocks * args.block_size
-            tokens += n_blocks * args.block_size
+        lm_tokens = n_blocks * args.block_size if lm_weight > 0 else 0
+        flops = stage1_flops(trunc_params, ko_tokens, en_tokens, frozen is not None, full_params, lm_tokens)
+        tokens = ko_tokens + en_tokens + lm_tokens
         pairs_per_s = batch_size / seconds
     else:
         tokens = n_blocks * args.block_size
@@ -184,7 +165,8 @@ def main(argv=None):
                          eos_token_id=tokenizer.eos_token_id, **CONFIGS[args.model_config])
     with torch.device(device):
         lm_state = LlamaForCausalLM(config).state_dict()
-    peak = peak_flops(device, torch.bfloat16 if args.bf16 else torch.float32)
+    # measured here, as in earlier results; the trainers' logged mfu uses the data-sheet peak of a known GPU
+    peak = peak_flops(device, torch.bfloat16 if args.bf16 else torch.float32, measure=True)
     collate = ParallelCollator(tokenizer, pad_to_multiple_of=8 if device.type == "cuda" else None)
     lengths = [len(a) + len(b) for a, b in zip(ko, en)]
 

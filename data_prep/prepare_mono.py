@@ -18,8 +18,8 @@ tokenizer's special tokens and followed by EOS, one stream per split in file ord
 only the final tail dropped. The trainers accept the folder as ``--lm_train_file`` (its block length
 must equal their ``--block_size``).
 
-``--num_proc N`` (N > 1) moves the work done on each document by itself (language check, hash, JSON
-line, tokenization) to N worker processes; this process reads and cleans the inputs, sends the
+``--num_proc N`` (N > 1) moves the work done on each document by itself (cleaning, language check,
+hash, JSON line, tokenization) to N worker processes; this process reads the inputs, sends the
 documents out in batches, takes the results back in input order, removes duplicates, packs and
 writes. So the JSONL and the blocks (shards included) are the same whatever N. Memory stays flat:
 at most 2N batches of about 1 MB of text are in flight, and blocks are written as they fill (the
@@ -46,6 +46,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatch
 from itertools import chain
 from pathlib import Path
 
@@ -60,7 +61,7 @@ from tqdm.auto import tqdm
 from common.args import parse_arguments
 from common.cli import run_main
 from common.data import DataError, file_fingerprint
-from data_prep.sources import DEFAULT_EXCLUDE, hangul_share, iter_clean_documents
+from data_prep.sources import DEFAULT_EXCLUDE, clean_text, hangul_share, iter_documents, iter_entries
 
 FILTERS = ("empty", "too_short", "no_letters", "lang_mismatch", "duplicate")
 KO_SHARE = 0.3
@@ -97,8 +98,8 @@ class Arguments:
                 "--block_size (train_blocks/, validation_blocks/)."})
     block_size: int = field(default=512, metadata={"help": "Length of the packed blocks, in tokens."})
     num_proc: int = field(default=1, metadata={
-        "help": "Worker processes for the per-document work (language check, hash, JSON, tokenization); 1: all in "
-                "this process. The output is the same for every value; up to the number of cores helps."})
+        "help": "Worker processes for the per-document work (cleaning, language check, hash, JSON, tokenization); "
+                "1: all in this process. The output is the same for every value; up to the number of cores helps."})
     shard_size_mb: float = field(default=500.0, metadata={
         "help": "Largest shard of the packed blocks, in MB (datasets' own default for save_to_disk): a folder of "
                 "several files that a multi-node run reads without one giant file."})
@@ -127,10 +128,23 @@ def _fast_ids_equal(tokenizer) -> bool:
     return [e.ids for e in backend.encode_batch_fast(PROBE_TEXTS)] == expected
 
 
+def iter_raw_documents(inputs: list[str], stack: ExitStack, encoding: str = "utf-8", plain_text_unit: str = "line",
+                       exclude: Iterable[str] = ()) -> Iterator[tuple[str, str, str, str | None]]:
+    """``data_prep.sources.iter_clean_documents`` without its last step, ``clean_text``, which
+    ``DocumentWork`` does in the workers (it is a third of what the reading process would do)."""
+    for spec in inputs:
+        for entry in iter_entries(spec, stack):
+            if any(fnmatch(entry.name, p) for p in exclude):
+                continue
+            for text, where, lang in iter_documents(entry, encoding, plain_text_unit):
+                yield spec, text, where, lang
+
+
 class DocumentWork:
-    """What is done to each document by itself, without looking at the others: the language check, the
-    filters other than duplicates, the hash (duplicate key and split), the JSONL line and, with a
-    tokenizer, the token ids followed by EOS. Runs in the worker processes (or here with --num_proc 1)."""
+    """What is done to each document by itself, without looking at the others: cleaning, the language
+    check, the filters other than duplicates, the hash (duplicate key and split), the JSONL line and,
+    with a tokenizer, the token ids followed by EOS. Runs in the worker processes (or here with
+    --num_proc 1)."""
 
     def __init__(self, lang: str, min_chars: int, validation_ratio: float, tokenizer=None):
         self.lang, self.min_chars, self.tokenizer = lang, min_chars, tokenizer
@@ -145,7 +159,8 @@ class DocumentWork:
         return self.tokenizer(texts)["input_ids"]
 
     def verdict(self, text: str, given: str | None) -> tuple:
-        """(reason, None, None, None) for a removed document, else (None, duplicate key, split, JSONL line)."""
+        """For a cleaned document, (reason, None, None, None) if a filter removes it, else (None,
+        duplicate key, split, JSONL line as UTF-8)."""
         detected = detect_lang(text)
         if not text:
             return "empty", None, None, None
@@ -159,20 +174,23 @@ class DocumentWork:
         split = "validation" if int.from_bytes(digest[8:], "little") % 1_000_000 < self.threshold else "train"
         lang = self.lang if self.lang != "auto" else (given or detected)
         line = json.dumps({"text": text, "lang": lang}, ensure_ascii=False) + "\n"
-        return None, int.from_bytes(digest[:8], "little"), split, line
+        return None, int.from_bytes(digest[:8], "little"), split, line.encode()
 
-    def __call__(self, docs: list[tuple[str, str | None]]) -> tuple[list[tuple], np.ndarray | None, list[int]]:
-        """(text, language given by the record) -> a verdict per document, and for the documents that
-        passed (in order) their token ids + EOS, concatenated (int32), with each one's length."""
-        verdicts = [self.verdict(text, given) for text, given in docs]
-        passed = [text for (text, _), v in zip(docs, verdicts) if v[0] is None]
+    def __call__(self, docs: list[tuple[str, str | None]]) -> tuple[list, list[int], np.ndarray | None, list[int]]:
+        """(raw text, language given by the record) -> a verdict per document, each cleaned text's
+        length, and for the documents that passed (in order) their token ids + EOS, concatenated
+        (int32), with each one's length."""
+        texts = [clean_text(raw, keep_newlines=True) for raw, _ in docs]
+        verdicts = [self.verdict(text, given) for text, (_, given) in zip(texts, docs)]
+        chars = [len(text) for text in texts]
+        passed = [text for text, v in zip(texts, verdicts) if v[0] is None]
         if self.tokenizer is None or not passed:
-            return verdicts, None, []
+            return verdicts, chars, None, []
         eos = self.tokenizer.eos_token_id
         ids = self.token_ids(passed)
         lengths = [len(x) + 1 for x in ids]
         tokens = np.fromiter(chain.from_iterable(chain(x, (eos,)) for x in ids), dtype=np.int32, count=sum(lengths))
-        return verdicts, tokens, lengths
+        return verdicts, chars, tokens, lengths
 
 
 _WORK: DocumentWork | None = None  # a worker process's copy
@@ -231,14 +249,14 @@ class Workers:
             self.pool.join()
 
 
-def document_batches(documents: Iterable[tuple], chars: int = BATCH_CHARS, docs: int = BATCH_DOCS) -> Iterator[list]:
-    """Consecutive documents ``(input, text, where, lang)`` in batches of about ``chars`` characters
-    (at most ``docs`` documents)."""
+def document_batches(documents: Iterable[tuple]) -> Iterator[list]:
+    """Consecutive documents ``(input, text, where, lang)`` in batches of about ``BATCH_CHARS``
+    characters (at most ``BATCH_DOCS`` documents)."""
     batch, size = [], 0
     for doc in documents:
         batch.append(doc)
         size += len(doc[1])
-        if size >= chars or len(batch) >= docs:
+        if size >= BATCH_CHARS or len(batch) >= BATCH_DOCS:
             yield batch
             batch, size = [], 0
     if batch:
@@ -363,18 +381,18 @@ def main(argv: list[str] | None = None) -> dict:
         with ExitStack() as stack:
             work = DocumentWork(args.lang, args.min_chars, args.validation_ratio, tokenizer)
             workers = stack.enter_context(Workers(work, args.num_proc))
-            files = {s: stack.enter_context(open(p, "w", encoding="utf-8")) for s, p in tmp.items()}
+            files = {s: stack.enter_context(open(p, "wb")) for s, p in tmp.items()}
             rows_per_shard = max(1, int(args.shard_size_mb * 1e6) // (4 * args.block_size))
             for p in staging.values():
                 shutil.rmtree(p, ignore_errors=True)
             packers = {s: BlockWriter(p, args.block_size, rows_per_shard) for s, p in staging.items()}
             progress = stack.enter_context(tqdm(desc="documents", unit=" docs", mininterval=1.0))
-            documents = iter_clean_documents(args.inputs, stack, args.encoding, args.plain_text_unit, args.exclude)
-            for batch, (verdicts, tokens, lengths) in workers.map_ordered(document_batches(documents)):
+            documents = iter_raw_documents(args.inputs, stack, args.encoding, args.plain_text_unit, args.exclude)
+            for batch, (verdicts, chars, tokens, lengths) in workers.map_ordered(document_batches(documents)):
                 bounds = np.cumsum([0, *lengths]).tolist()  # the i-th document that passed: tokens[bounds[i]:...]
                 passed = 0
                 kept = defaultdict(list)  # split -> token arrays of the documents kept, in order
-                for (spec, text, where, _), (reason, ident, split, line) in zip(batch, verdicts):
+                for (spec, _, where, _), (reason, ident, split, line), n_chars in zip(batch, verdicts, chars):
                     st = per_input[spec]
                     st["documents_read"] += 1
                     if reason is None:
@@ -389,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
                     seen.add(ident)
                     files[split].write(line)
                     st["kept"][split] += 1
-                    st["chars_kept"] += len(text)
+                    st["chars_kept"] += n_chars
                     if tokens is not None:
                         kept[split].append(tokens[bounds[i]: bounds[i + 1]])
                 for split, parts in kept.items():

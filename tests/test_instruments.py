@@ -227,3 +227,22 @@ def test_gradient_caching_equals_the_whole_batch(tiny_model, tmp_path, reset_acc
         w = [json.loads((tmp_path / d / "checkpoint-8" / "layer_weights.json").read_text())
              for d in ("whole", "chunked")]
         assert w[1] == pytest.approx(w[0], rel=1e-4)
+
+
+def test_model_flops_count_the_layers_each_side_passes_through():
+    from common.flops import layer_params, lm_params, stage1_flops
+
+    model = tiny_llama(50, hidden_size=16, num_layers=3)
+    per_layer = sum(p.numel() for p in model.model.layers[0].parameters())
+    assert layer_params(model, 2) == 2 * per_layer
+    assert lm_params(model) == 3 * per_layer + 50 * 16  # every layer and the LM head, not the embedding lookup
+    # shared: forward + backward on both sides; frozen English: its forward only; LM tokens through everything
+    assert stage1_flops(100, 10, 20, False) == 6 * 100 * 30
+    assert stage1_flops(100, 10, 20, True, lm_params_=1000, lm_tokens=7) == 6 * 100 * 10 + 2 * 100 * 20 + 6 * 1000 * 7
+
+
+def test_the_trainer_logs_real_and_padded_token_throughput(tiny_model, tmp_path):
+    run(tiny_model, tmp_path, "--max_steps", "2", "--save_steps", "2", "--eval_steps", "100")
+    record = [r for r in log_of(tmp_path) if "tokens_per_s" in r][0]
+    assert 0 < record["tokens_per_s"] <= record["padded_tokens_per_s"]
+    assert "mfu" not in record  # measured against a GPU's peak only

@@ -110,9 +110,10 @@ fi
 # Stage 2: the LM head on Korean text, from the last checkpoint of STAGE2_FROM
 dir="$OUT/stage2/lm_head_ko"
 if [[ ! -f "$dir/.done" ]]; then
+    start=$(last_checkpoint "$OUT/stage1/$STAGE2_FROM")
     # shellcheck disable=SC2046
     run "${LAUNCH[@]}" train_lm_head.py "$CONFIGS/stage2/lm_head_ko.yaml" \
-        --model_name_or_path "$(last_checkpoint "$OUT/stage1/$STAGE2_FROM")" \
+        --model_name_or_path "$start" \
         --train_file "$MONO_KO/train.jsonl" --validation_file "$MONO_KO/validation.jsonl" \
         --en_validation_file "$MONO_EN/validation.jsonl" --seed "$SEED" --output_dir "$dir" $(resume_flag "$dir")
     done_marker "$dir"
@@ -122,9 +123,10 @@ evaluate "$dir" stage2_lm_head_ko
 # Stage 3: full fine-tuning on Korean and English text, from the last stage-2 checkpoint
 dir="$OUT/stage3/full_ko_en"
 if [[ ! -f "$dir/.done" ]]; then
+    start=$(last_checkpoint "$OUT/stage2/lm_head_ko")
     # shellcheck disable=SC2046
     run "${LAUNCH[@]}" train_full.py "$CONFIGS/stage3/full_ko_en.yaml" \
-        --model_name_or_path "$(last_checkpoint "$OUT/stage2/lm_head_ko")" \
+        --model_name_or_path "$start" \
         --train_file "$MONO_KO/train.jsonl" --en_train_file "$MONO_EN/train.jsonl" \
         --validation_file "$MONO_KO/validation.jsonl" --en_validation_file "$MONO_EN/validation.jsonl" \
         --seed "$SEED" --output_dir "$dir" $(resume_flag "$dir")
