@@ -8,13 +8,27 @@ predicted choice in both languages), Cohen's kappa of the two predictions, the 2
 correctness (both right / only EN right / only KO right / both wrong) and the agreement among the
 items answered right in English. The log-likelihoods come from lm-eval (``simple_evaluate`` with
 ``log_samples``); this script only reads them, joins the two languages by document id and counts.
-On a parallel file, for every layer 0..N (0 = embeddings, L = output of decoder layer L, N = the last
-decoder layer BEFORE the final norm, as in training, see common/pooling.py): parallel and
-random-pair cosine, their gap, per-language-centred cosine and its random-pair level, retrieval P@1
-ko->en and en->ko (definitions: common/metrics.py ``alignment_metrics``; pairs of identical text are
-neither random pairs nor retrieval misses). They are computed on a seeded sample of --max_pairs pairs
-over the whole file, stratified by its ``source`` field (common/data.py ``sample_indices``), overall
-and for every source with at least --min_source_pairs sampled pairs.
+On a parallel file (--parallel_file), on a seeded sample of --max_pairs pairs over the whole file,
+stratified by its ``source`` field (common/data.py ``sample_indices``, as train_contrastive.py samples its
+validation pairs: the same file, n and seed give the same pairs):
+
+- "representation": the sentence vectors as the model's run pooled them. A checkpoint of
+  train_contrastive.py is pooled from its ``training_args.json`` and ``layer_weights.json``: the layer or
+  the mixture of layers with the trained weights and per-layer normalisation, mean or last-token pooling,
+  BOS handling, max length, the validation batching and padding, bf16 autocast when it trained with
+  --bf16, float32 weights; the English side through the frozen starting model for a frozen-English run
+  (--english_model overrides). So its metrics equal the training log's eval at that checkpoint's step
+  (overall, per source, the mixture's layer shares). A stage-2/3 checkpoint is pooled as the stage-1
+  checkpoint it started from (English shared). A model no run trained (a baseline) is pooled as the runs
+  it is compared with at their step 0 (same layers, uniform mixture weights; the checkpoints of the call
+  and --pool_like), one "representations" entry per distinct pooling, else by --pooling at --report_layer.
+- "layers": for every layer 0..N (0 = embeddings, L = output of decoder layer L, N = the last decoder layer
+  BEFORE the final norm, as in training, see common/pooling.py), both languages through the model itself,
+  pooled as its run pooled (else by --pooling, --include_bos, --max_seq_length): parallel and random-pair
+  cosine, their gap, per-language-centred cosine and its random-pair level, retrieval P@1 ko->en and
+  en->ko (definitions: common/metrics.py ``alignment_metrics``; pairs of identical text are neither
+  random pairs nor retrieval misses), overall and for every source with at least --min_source_pairs
+  sampled pairs.
 
 Before anything is evaluated, the tasks are checked: the two tasks of a pair must hold the same items
 (ids, number of choices, gold answers), the English task's documents must not be mostly Hangul and the
@@ -32,6 +46,9 @@ Commands:
     python eval_agreement.py CKPT --pair my_en_task:my_ko_task --include_path my_tasks/ --output_dir DIR
     python eval_agreement.py CKPT --skip_tasks --parallel_file pairs.jsonl --output_dir DIR   # layers only
     python eval_agreement.py eval.yaml --limit 5     # settings from a config file, one of them overridden
+    python eval_agreement.py --watch runs/stage1 --skip_tasks --parallel_file VAL.jsonl --max_pairs 1000 \
+        --seed 42 --output_dir runs/eval_stage1    # follow a training run: each new checkpoint, once
+    python eval_agreement.py CKPT --english_model self ...   # a frozen run's checkpoint encoding English itself
     lm_eval --model hf --model_args pretrained=CKPT --include_path tasks \\
         --tasks arc_challenge,ko_arc_challenge   # same YAMLs
 
@@ -39,9 +56,12 @@ Checkpoints come first (positional) or through ``--models``; ``--help`` document
 .json/.yaml config file may come first instead: its settings are the defaults, and the flags after it
 override them (common/args.py).
 
-Writes to --output_dir: results.json ``{model: {pair: {...}, "layers": [...], "best_layer": L,
-"layers_by_source": {source: [...]}, "layer_pairs": {"sampled", "rows_in_file", "seed", "by_source"}}}``,
-results.md (one table, models in the order given; the per-source layer metrics at the reported layer),
+Writes to --output_dir: results.json ``{model: {"source", "role", pair: {...}, "representation": {metrics...,
+"by_source", "layer_share", "pooled": {how}, "pairs": {sample}}, "trained_layer": L, "layers": [...],
+"best_layer": L, "layers_by_source": {source: [...]}, "layers_pooled", "layer_pairs": {"sampled",
+"rows_in_file", "seed", "by_source"}}}`` (models labelled ``run/checkpoint-N`` for a checkpoint, so two runs'
+checkpoints never look alike), results.md (one table, models in the order given, with the representation
+as trained; the per-layer and per-source metrics at --report_layer, by default the trained layer),
 ``<model>/<pair>.items.jsonl`` (one line per item: id, gold, pred_en, pred_ko, pred_norm_en, pred_norm_ko,
 loglik_en, loglik_ko), eval_args.json, and PNG plots (accuracy/agreement against checkpoint step when the
 names carry one; retrieval per layer).
@@ -432,8 +452,9 @@ def describe_pooling(spec: dict) -> str:
     else:
         text = f"layer {layers[0]}"
     text += f", {spec['pooling']}" + (", BOS" if spec["include_bos"] else "")
-    if spec.get("english_encoder") == "frozen" or spec.get("english_model"):
-        text += ", EN " + ("frozen start" if spec.get("english_encoder") == "frozen" else "other model")
+    english = {"frozen": "frozen start", "other model": "other model", "self": "through itself"}
+    if spec.get("english_encoder") in english:
+        text += ", EN " + english[spec["english_encoder"]]
     return text
 
 
@@ -1315,8 +1336,13 @@ class Evaluator:
             english_source = self.english_source(spec)
             english = self.english(english_source, spec["bf16"]) if english_source else None
             rep = pooled_representation(model, tokenizer, spec, lp, self.device, label, args.min_source_pairs, english)
-            pooled = {**spec, "english_model": english_source, "english_encoder": "other model" if english_source and
-                      spec["english_encoder"] != "frozen" else spec["english_encoder"]}
+            if english_source is None:  # a frozen run's checkpoint encoding English itself: --english_model self
+                encoder = "self" if spec["english_encoder"] == "frozen" else "shared"
+            elif spec["english_encoder"] == "frozen" and english_source == spec["english_model"]:
+                encoder = "frozen"
+            else:
+                encoder = "other model"
+            pooled = {**spec, "english_model": english_source, "english_encoder": encoder}
             out["representation"] = {**rep, "pooled": pooled, "pairs": sample}
             out["trained_layer"] = top_layer(spec)
             layer_pooling = spec

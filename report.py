@@ -18,7 +18,8 @@ Writes to --output_dir:
 - ``report.json``: the same rows, machine-readable.
 - ``agreement_vs_step.png``: per run, acc_en, acc_ko and agreement against the step, the base models dashed.
 - ``training_curves.png``: from each run's log.jsonl, one line per run: cl_loss, lm_loss, the validation gap,
-  retrieval both ways and parallel cosine, and grad_cos (any logged key containing it) when present.
+  retrieval both ways and parallel cosine, and in one panel the CL/LM gradient cosines (grad_cos/<group>) when
+  logged (--grad_conflict_steps).
 - ``layer_weights.png``: per mixture run, each layer's weight against the step.
 A series with a single point is drawn as a marker, never as a line.
 """
@@ -264,6 +265,13 @@ def series(ax, xs, ys, **kw) -> None:
         ax.plot(xs, ys, marker=kw.pop("marker", "."), **kw)
 
 
+def step_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("training step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def grid(plt, n: int, width: float = 5.0, height: float = 3.6):
     cols = min(3, n)
     rows = math.ceil(n / cols)
@@ -292,7 +300,7 @@ def plot_scores(plt, path: Path, report: dict) -> bool:
                     ax.axhline(base[key], color=color, linestyle=("--", ":", "-.")[i % 3], linewidth=1,
                                label=f"{base['model']}: {key}")
         ax.set_title(run["run"] + (f"\n{run['pooled']}" if run["pooled"] else ""), fontsize=9)
-        ax.set_xlabel("training step")
+        step_axis(ax)
         ax.set_ylabel("accuracy / agreement")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
@@ -303,18 +311,23 @@ def plot_scores(plt, path: Path, report: dict) -> bool:
 
 
 def plot_curves(plt, path: Path, report: dict) -> bool:
+    """One panel per logged curve, one line per run (a run keeps its colour); the gradient cosines of the
+    contrastive and LM losses (grad_cos/<group>, when logged) share one panel, a line per run and group."""
     keys = [(k, label) for k, label in CURVES if any(k in rec for run in report["runs"] for rec in run["log"])]
-    grad = sorted({k for run in report["runs"] for rec in run["log"] for k in rec if "grad_cos" in k})
-    keys += [(k, k.replace("_", " ")) for k in grad]
-    if not keys:
+    grad = sorted({k for run in report["runs"] for rec in run["log"] for k in rec if k.startswith("grad_cos")})
+    panels = keys + ([("grad_cos", "cosine of the CL and LM gradients")] if grad else [])
+    if not panels:
         return False
-    fig, axes = grid(plt, len(keys))
-    for ax, (key, label) in zip(axes, keys):
-        for run in report["runs"]:
-            points = [(rec["step"], rec[key]) for rec in run["log"] if key in rec]
-            if points:
-                series(ax, [p[0] for p in points], [p[1] for p in points], label=run["run"])
-        ax.set_xlabel("training step")
+    fig, axes = grid(plt, len(panels))
+    for ax, (key, label) in zip(axes, panels):
+        for i, run in enumerate(report["runs"]):
+            for k in (grad if key == "grad_cos" else [key]):
+                points = [(rec["step"], rec[k]) for rec in run["log"] if k in rec]
+                if points:
+                    name = run["run"] if key != "grad_cos" else f"{run['run']}: {k.partition('/')[2] or k}"
+                    series(ax, [p[0] for p in points], [p[1] for p in points], label=name,
+                           color=f"C{i % 10}" if key != "grad_cos" else None)
+        step_axis(ax)
         ax.set_ylabel(label)
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
@@ -340,7 +353,7 @@ def plot_layer_weights(plt, path: Path, report: dict) -> bool:
             series(ax, [p[0] for p in points], [p[1] for p in points], label=f"layer {layer}",
                    color=cmap(i / max(1, len(layers) - 1)))
         ax.set_title(f"{run['run']}: mixture weights", fontsize=9)
-        ax.set_xlabel("training step")
+        step_axis(ax)
         ax.set_ylabel("layer weight (softmax)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=max(1, len(layers) // 8))

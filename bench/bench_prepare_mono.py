@@ -7,10 +7,12 @@ the copies are new documents (not removed as duplicates) with the same character
 document lengths. The sizes are prefixes of one stream, so a larger input holds the smaller ones.
 Each (size, N) is one ``python -m data_prep.prepare_mono --tokenizer ... --num_proc N`` process;
 ``seconds`` is the script's own time (stats.json: after interpreter start-up and imports, tokenizer
-loading included), MB/s is input MB over it, peak memory is the largest summed RSS of the script and
-its workers (PSS, so pages the forked workers share count once; sampled every 50 ms). Every N's blocks are
-checked equal to N = 1's. The tokenizer is the Llama-2 one (../shared/data/llama2_tokenizer) when it
-loads, else the demo model's.
+loading included), MB/s is input MB over it, peak memory is the largest memory of the script and its
+workers together (PSS, so pages the forked workers share count once; sampled every 50 ms). Every N's
+blocks are checked equal to N = 1's. The tokenizer is the Llama-2 one (../shared/data/llama2_tokenizer) when it
+loads, else the demo model's. TOKENIZERS_PARALLELISM=false, unless --tokenizer_threads: each worker
+tokenizes on one thread anyway, and so N = 1 uses one core too (with the Rust tokenizer's thread pool
+on, one process tokenizes a batch on several cores, and N = 1 is no longer "one core").
 
 From the two largest inputs it projects the research's 35 GB on a node of ``--cores`` cores: the
 reading process (main) is serial and the per-document work (workers) divides over ``cores - 1``
@@ -53,10 +55,16 @@ FILE_MB = 16  # the generated input is split into wiki-extractor files of about 
 class Arguments:
     sizes_mb: str = field(default="15,30,60", metadata={"help": "Comma-separated input sizes in MB (1e6 bytes)."})
     num_procs: str = field(default="1,2", metadata={"help": "Comma-separated --num_proc values to run at each size."})
+    source: str | None = field(default=None, metadata={
+        "help": "Wiki-extractor files (a folder) or plain text (one document a line) to copy; unset: "
+                "../shared/data/mono_ko/kowiki, else data/demo/mono_ko_train.txt."})
     tokenizer: str | None = field(default=None, metadata={
         "help": "Tokenizer folder; unset: ../shared/data/llama2_tokenizer if it loads, else data/demo/model."})
     block_size: int = field(default=512, metadata={"help": "--block_size of the packed blocks."})
     cores: int = field(default=16, metadata={"help": "Cores of the node the 35 GB projection is for."})
+    tokenizer_threads: bool = field(default=False, metadata={
+        "help": "Leave TOKENIZERS_PARALLELISM as it is, so that N = 1 may tokenize each batch on several threads "
+                "(the Rust tokenizer's own pool); default: set it to false, so that N processes use N cores."})
     compare_ref: str | None = field(default=None, metadata={
         "help": "A git ref whose data_prep/prepare_mono.py also runs (N = 1, the largest size) as the baseline."})
     work_dir: str | None = field(default=None, metadata={"help": "Where inputs and outputs go; unset: a temp dir."})
@@ -77,9 +85,9 @@ def pick_tokenizer(requested: str | None) -> str:
     raise SystemExit("no tokenizer loads; give --tokenizer")
 
 
-def source_documents() -> tuple[list[list[str]], str]:
+def source_documents(source: str | None) -> tuple[list[list[str]], str]:
     """The shipped Korean text as documents (lists of lines) and a name for it."""
-    kowiki = SHARED / "mono_ko" / "kowiki"
+    kowiki = Path(source) if source else SHARED / "mono_ko" / "kowiki"
     if kowiki.is_dir():
         docs, body = [], None
         for path in sorted(kowiki.glob("wiki_*")):
@@ -92,7 +100,7 @@ def source_documents() -> tuple[list[list[str]], str]:
                 elif body is not None:
                     body.append(line)
         return docs, str(kowiki)
-    demo = ROOT / "data" / "demo" / "mono_ko_train.txt"
+    demo = Path(source) if source else ROOT / "data" / "demo" / "mono_ko_train.txt"
     return [[line] for line in demo.read_text(encoding="utf-8").splitlines() if line.strip()], str(demo)
 
 
@@ -192,11 +200,14 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = pick_tokenizer(args.tokenizer)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_prepare_mono_"))
     env = {**os.environ, "HF_DATASETS_CACHE": str(work / "hf_cache"), "HF_HUB_OFFLINE": "1"}
-    docs, source = source_documents()
+    if not args.tokenizer_threads:
+        env["TOKENIZERS_PARALLELISM"] = "false"
+    docs, source = source_documents(args.source)
     t0 = time.perf_counter()
     folders = write_inputs(work / "inputs", docs, sizes)
     print(f"inputs: word-shuffled copies of {source}, {', '.join(f'{s:g}' for s in sizes)} MB "
           f"({time.perf_counter() - t0:.1f} s to write); tokenizer {tokenizer}; block {args.block_size}; "
+          f"TOKENIZERS_PARALLELISM={env.get('TOKENIZERS_PARALLELISM', '(unset)')}; "
           f"{os.cpu_count()} CPUs here, load average {os.getloadavg()[0]:.1f}")
     rows = []
     header = (f"{'input MB':>8} {'N':>3} {'seconds':>8} {'MB/s':>6} {'speed-up':>8} {'CPU main':>8} "

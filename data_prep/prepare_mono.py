@@ -44,6 +44,7 @@ import shutil
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from fnmatch import fnmatch
@@ -131,7 +132,7 @@ def _fast_ids_equal(tokenizer) -> bool:
 def iter_raw_documents(inputs: list[str], stack: ExitStack, encoding: str = "utf-8", plain_text_unit: str = "line",
                        exclude: Iterable[str] = ()) -> Iterator[tuple[str, str, str, str | None]]:
     """``data_prep.sources.iter_clean_documents`` without its last step, ``clean_text``, which
-    ``DocumentWork`` does in the workers (it is a third of what the reading process would do)."""
+    ``DocumentWork`` does in the workers (it was half of the reading process's time)."""
     for spec in inputs:
         for entry in iter_entries(spec, stack):
             if any(fnmatch(entry.name, p) for p in exclude):
@@ -210,13 +211,15 @@ class Workers:
     """``map_ordered(batches)``: (batch, work(batch's documents)) for each batch, in input order. With
     ``num_proc`` > 1 the work runs in that many processes, at most 2 x ``num_proc`` batches ahead of
     the consumer, so memory does not grow with the input; with 1 it runs here, one batch at a time.
-    A context manager: the processes end (and are waited for, so ``os.times`` counts them) on exit."""
+    A context manager: the processes end (and are waited for, so ``os.times`` counts them) on exit;
+    a worker that dies (killed for memory, say) fails the run with ``BrokenProcessPool``, no hang."""
 
     def __init__(self, work: DocumentWork, num_proc: int):
         self.work, self.num_proc, self.pool = work, num_proc, None
-        if num_proc > 1:  # fork (where there is one) before this process starts any thread
+        if num_proc > 1:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            self.pool = ctx.Pool(num_proc, initializer=_init_worker, initargs=(work,))
+            self.pool = ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_init_worker, initargs=(work,))
+            self.pool.submit(int).result()  # start (fork) the workers now, before this process starts threads
 
     @staticmethod
     def _items(batch):
@@ -229,24 +232,20 @@ class Workers:
             return
         pending = deque()
         for batch in batches:
-            pending.append((batch, self.pool.apply_async(_work_in_worker, (self._items(batch),))))
+            pending.append((batch, self.pool.submit(_work_in_worker, self._items(batch))))
             if len(pending) >= 2 * self.num_proc:
-                batch, result = pending.popleft()
-                yield batch, result.get()
+                batch, future = pending.popleft()
+                yield batch, future.result()
         while pending:
-            batch, result = pending.popleft()
-            yield batch, result.get()
+            batch, future = pending.popleft()
+            yield batch, future.result()
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, *_):
         if self.pool is not None:
-            if exc_type is None:
-                self.pool.close()
-            else:
-                self.pool.terminate()
-            self.pool.join()
+            self.pool.shutdown(wait=True, cancel_futures=exc_type is not None)
 
 
 def document_batches(documents: Iterable[tuple]) -> Iterator[list]:

@@ -33,3 +33,18 @@ def reset_accelerate():
     reset()
     yield reset
     reset()
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_model(tmp_path_factory) -> Path:
+    """A tiny random Llama (4 layers, 32 wide) saved as a Hugging Face folder, with a tokenizer trained on
+    the shipped demo pairs: the model of the stage-1 tests that need a saved model but not the demo's."""
+    from common.data import iter_parallel_jsonl
+    from common.demo import tiny_llama, train_demo_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny_pair_model")
+    train = str(ROOT / "data" / "demo" / "train.jsonl")
+    tokenizer = train_demo_tokenizer([row[side] for row in iter_parallel_jsonl(train) for side in ("ko", "en")])
+    tiny_llama(len(tokenizer), hidden_size=32, num_layers=4, seed=2).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -63,6 +63,10 @@ def test_stage1_configs_are_the_research_experiments():
         assert a[name].mix_layers and a[name].lm_weight > 0 and a[name].english_encoder == english, name
     assert a["embeddings_only"].trainable == "embeddings"
     assert a["no_cl_control"].cl_weight == 0 and a["no_cl_control"].lm_weight > 0
+    # open question 4: exp 4 with PCGrad instead of the sum, the gradient conflict logged; nothing else changed
+    assert a["exp4_pcgrad"].objective_balance == "pcgrad" and a["exp4_pcgrad"].grad_conflict_steps > 0
+    differ = {k for k, v in vars(a["exp4_pcgrad"]).items() if v != getattr(a["exp4_shared_mixture"], k)}
+    assert differ == {"objective_balance", "grad_conflict_steps", "cl_chunk_size", "output_dir"}
     # the control and the CL + LM runs train the same LM objective for the same number of steps
     for name in ("exp2_frozen_cl_lm", "exp3_frozen_mixture", "exp4_shared_mixture"):
         for key in ("max_steps", "block_size", "lm_ko_ratio", "per_device_lm_batch_size", "learning_rate"):
@@ -179,7 +183,7 @@ def test_program_script_runs_the_stages_in_order_and_its_commands_parse():
             order.append("report")
     stage1 = [p.stem for p in STAGE1]
     expected_stage1 = ["exp0_contrastive", "layer1", "layer17", "exp2_frozen_cl_lm", "exp3_frozen_mixture",
-                       "exp4_shared_mixture", "embeddings_only", "no_cl_control"]
+                       "exp4_shared_mixture", "embeddings_only", "no_cl_control", "exp4_pcgrad"]
     assert sorted(expected_stage1) == sorted(stage1)
     expected = [x for name in expected_stage1 for x in (f"stage1/{name}", f"eval {name}")]
     expected += ["eval base", "stage2/lm_head_ko", "eval stage2_lm_head_ko", "stage3/full_ko_en",

@@ -193,7 +193,7 @@ def test_end_to_end_real_arc(real_run):
             assert s[key] == pytest.approx(s["lm_eval"][key])
         assert on_disk[label][PAIR]["table"] == s["table"]
     md = (out / "results.md").read_text(encoding="utf-8")
-    rows_md = [line for line in md.splitlines() if line.startswith("| run1/checkpoint-100") or line.startswith("| neox")]
+    rows_md = [line for line in md.splitlines() if line.startswith(("| run1/checkpoint-100", "| neox"))]
     assert [line.split("|")[1].strip() for line in rows_md[:2]] == ["run1/checkpoint-100", "neox"]
     assert "arc_challenge acc" in md and "ko_arc_challenge acc" in md
     for png in ("accuracy_vs_step.png", "retrieval_per_layer.png"):
@@ -535,3 +535,216 @@ def test_config_file_with_command_line_overrides(tmp_path):
         ea.parse_args([str(config)])
     with pytest.raises(ea.EvalError, match="no such file"):
         ea.parse_args([str(folder / "missing.yaml"), "--limit", "5"])
+
+
+# ----------------------------------------------------------------------------- pooled as the run trained
+
+DEMO = ROOT / "data" / "demo"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a busy CPU: threads waiting on each other cost more than they compute."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def two_source_validation(path: Path) -> Path:
+    """The demo's 256 validation pairs, alternately from 'news' and 'talk': with 120 sampled, 60 each, so the
+    per-source metrics (sources of 50 pairs or more) are on in training and here."""
+    rows = read_jsonl(DEMO / "validation.jsonl")
+    write_items(path, [dict(r, source=("news", "talk")[i % 2]) for i, r in enumerate(rows)])
+    return path
+
+
+def train_demo_run(out: Path, validation: Path, *variant: str) -> Path:
+    import train_contrastive
+
+    train_contrastive.main(["--model_name_or_path", str(DEMO / "model"), "--train_file", str(DEMO / "train.jsonl"),
+                            "--validation_file", str(validation), "--output_dir", str(out), "--learning_rate", "1e-3",
+                            "--per_device_train_batch_size", "16", "--max_steps", "4", "--save_steps", "4",
+                            "--eval_steps", "4", "--max_eval_pairs", "120", "--report_to", "none", *variant])
+    return out
+
+
+def log_evals(run: Path) -> list[dict]:
+    return [r for r in read_jsonl(run / "log.jsonl") if "eval/gap" in r]
+
+
+def flatten(rep: dict) -> dict:
+    """A representation in the training log's names: metric, <source>/<metric>, layer_share/<L>."""
+    flat = {k: v for k, v in rep.items() if isinstance(v, float)}
+    flat.update({f"{s}/{k}": v for s, metrics in rep.get("by_source", {}).items() for k, v in metrics.items()})
+    flat.update({f"layer_share/{layer}": v for layer, v in rep.get("layer_share", {}).items()})
+    return flat
+
+
+def assert_equals_log(rep: dict, record: dict):
+    logged = {k.removeprefix("eval/"): v for k, v in record.items() if k.startswith("eval/")}
+    assert set(flatten(rep)) == set(logged)
+    for key, value in logged.items():
+        assert flatten(rep)[key] == pytest.approx(value, abs=2e-6), key
+
+
+TRAINED = {
+    # a mixture of layers 1-3 pooled at the last token; weights moved by a high mixture learning rate
+    "mixture_last": (["--mix_layers", "1-3", "--pooling", "last", "--mix_learning_rate", "0.2",
+                      "--mix_temperature", "0.5"], "42"),
+    # one layer, English through the frozen starting model, BOS in the mean, seed 7, sentences cut to 4 tokens
+    # (so that different texts share their token ids: the duplicates are found by ids, as in training)
+    "frozen_bos_short": (["--pool_layer", "2", "--english_encoder", "frozen", "--include_bos", "--max_seq_length", "4",
+                          "--seed", "7"], "7"),
+}
+
+
+@pytest.mark.usefixtures("reset_accelerate", "one_thread")
+@pytest.mark.parametrize("variant", list(TRAINED))
+def test_representation_equals_the_training_logs_last_eval(tmp_path, variant):
+    """A checkpoint is pooled exactly as its run trained (training_args.json, layer_weights.json): on the same
+    validation file, n and seed, results.json's "representation" equals the training log's final eval, overall,
+    per source and the mixture's layer shares; the base model, pooled as the run at step 0, equals its step-0 eval."""
+    flags, seed = TRAINED[variant]
+    validation = two_source_validation(tmp_path / "validation.jsonl")
+    run = train_demo_run(tmp_path / "run", validation, *flags)
+    out = tmp_path / "eval"
+    results = ea.main([str(run / "checkpoint-4"), "--baseline", str(DEMO / "model"), "--skip_tasks", "--parallel_file",
+                       str(validation), "--max_pairs", "120", "--seed", seed, "--output_dir", str(out), "--no_plots"])
+    first, last = log_evals(run)[0], log_evals(run)[-1]
+    assert last["step"] == 4 and first["step"] == 0
+    rep = results["run/checkpoint-4"]["representation"]
+    assert set(rep["by_source"]) == {"news", "talk"}
+    assert_equals_log(rep, last)
+    assert_equals_log(results["model"]["representation"], first)
+    pooled = rep["pooled"]
+    assert pooled["trained_by"] == str((run / "checkpoint-4").resolve())
+    assert rep["pairs"]["sampled"] == 120 and rep["pairs"]["seed"] == int(seed)
+    md = (out / "results.md").read_text(encoding="utf-8")
+    if variant == "mixture_last":
+        weights = json.loads((run / "checkpoint-4" / "layer_weights.json").read_text())
+        assert pooled["layers"] == [1, 2, 3] and pooled["weights"] == [weights[k] for k in ("1", "2", "3")]
+        assert max(weights.values()) - min(weights.values()) > 0.01  # the trained weights, not uniform ones
+        assert pooled["pooling"] == "last" and pooled["english_model"] is None
+        assert results["run/checkpoint-4"]["trained_layer"] == int(max(weights, key=weights.get))
+        assert "| run/checkpoint-4 | mix 1-3 (top" in md and "last (as step 0)" in md
+    else:
+        assert pooled["layers"] == [2] and pooled["include_bos"] and pooled["max_seq_length"] == 4
+        assert pooled["english_encoder"] == "frozen" and pooled["english_model"] == str(DEMO / "model")
+        assert "| run/checkpoint-4 | layer 2, mean, BOS, EN frozen start |" in md
+        assert results["run/checkpoint-4"]["trained_layer"] == 2
+        # --english_model self: the checkpoint encodes English too; that is its per-layer metric at layer 2
+        # (pooled as trained: BOS included, 4 tokens), computed there with other batches
+        self_rep = ea.main([str(run / "checkpoint-4"), "--skip_tasks", "--parallel_file", str(validation),
+                            "--max_pairs", "120", "--seed", seed, "--output_dir", str(tmp_path / "self"),
+                            "--no_plots", "--english_model", "self"])["run/checkpoint-4"]
+        assert self_rep["representation"]["pooled"]["english_model"] is None
+        assert self_rep["representation"]["pooled"]["english_encoder"] == "self"
+        assert "layer 2, mean, BOS, EN through itself |" in (tmp_path / "self" / "results.md").read_text()
+        assert self_rep["representation"]["parallel_cos"] != pytest.approx(last["eval/parallel_cos"], abs=1e-3)
+        layer2 = self_rep["layers"][2]  # keyed by texts there: the metrics that do not depend on duplicates
+        for key in ("parallel_cos", "centred_cos"):
+            assert self_rep["representation"][key] == pytest.approx(layer2[key], abs=1e-5), key
+        assert self_rep["layers_pooled"] == {"pooling": "mean", "include_bos": True, "max_seq_length": 4, "bf16": False}
+
+
+def save_run_config(folder: Path, layers: int = 6, **training_args) -> Path:
+    from transformers import LlamaConfig
+
+    folder.mkdir(parents=True)
+    LlamaConfig(num_hidden_layers=layers, hidden_size=32, intermediate_size=64, num_attention_heads=4).save_pretrained(
+        folder)
+    if training_args:
+        (folder / "training_args.json").write_text(json.dumps(training_args))
+    return folder
+
+
+def test_trained_pooling_reads_the_run_and_follows_later_stages(tmp_path):
+    """trained_pooling: no training_args.json -> None; pool_layer unset -> N // 2; a mixture takes its layers and
+    weights from layer_weights.json (an error without it); a stage-2/3 checkpoint is pooled as the stage-1
+    checkpoint it started from, English shared (its frozen copy is gone)."""
+    base = save_run_config(tmp_path / "base")
+    assert ea.trained_pooling(str(base)) is None
+    middle = save_run_config(tmp_path / "middle" / "checkpoint-5", pool_layer=None, mix_layers=None,
+                             model_name_or_path=str(base), english_encoder="frozen", bf16=True, pooling="mean")
+    spec = ea.trained_pooling(str(middle))
+    assert spec["layers"] == [3] and spec["weights"] is None and spec["bf16"] is True
+    assert spec["english_encoder"] == "frozen" and spec["english_model"] == str(base)
+    mix = save_run_config(tmp_path / "mix" / "checkpoint-5", pool_layer=None, mix_layers="2,4-5", pooling="last",
+                          mix_normalize=False, model_name_or_path=str(base), per_device_train_batch_size=7)
+    with pytest.raises(ea.EvalError, match="trained with --mix_layers 2,4-5 but has no layer_weights.json"):
+        ea.trained_pooling(str(mix))
+    (mix / "layer_weights.json").write_text(json.dumps({"2": 0.2, "4": 0.5, "5": 0.3}))
+    (mix / "trainer_state.json").write_text(json.dumps({"step": 5}))  # complete: --pool_like takes the run folder
+    spec = ea.trained_pooling(str(mix))
+    assert spec["layers"] == [2, 4, 5] and spec["weights"] == [0.2, 0.5, 0.3] and spec["normalize"] is False
+    assert spec["pooling"] == "last" and spec["batch_size"] == 7 and ea.top_layer(spec) == 4
+    assert ea.describe_pooling(spec) == "mix 2,4,5 (top 4: 0.500), last"
+    stage2 = save_run_config(tmp_path / "stage2" / "checkpoint-9", model_name_or_path=str(middle), block_size=64)
+    stage3 = save_run_config(tmp_path / "stage3" / "checkpoint-9", model_name_or_path=str(stage2), ko_ratio=0.5)
+    spec = ea.trained_pooling(str(stage3))
+    assert spec["layers"] == [3] and spec["trained_by"] == str(middle.resolve()) and spec["descendant_of_run"]
+    assert spec["english_encoder"] == "shared" and spec["english_model"] is None
+    gone = save_run_config(tmp_path / "gone" / "checkpoint-1", model_name_or_path="org/hub-model", block_size=64)
+    assert ea.trained_pooling(str(gone)) is None
+    # the baselines follow each distinct run pooling, as at step 0 (uniform weights, English through themselves)
+    args = ea.parse_args(["--baseline", str(base), "--pool_like", str(tmp_path / "mix"), str(stage3), str(middle)])
+    specs = ea.pool_like_specs(args, [])
+    assert [s["layers"] for s in specs] == [[2, 4, 5], [3]]  # stage 3 pools as its stage-1 run: one spec
+    assert specs[0]["weights"] == [1 / 3] * 3 and specs[0]["like_run"] == str(mix.resolve())
+    assert specs[1]["english_model"] is None
+
+
+def demo_checkpoint(run: Path, step: int, complete: bool = True) -> Path:
+    """A checkpoint folder as the trainer leaves it: the demo model, training_args.json (layer 1), and
+    trainer_state.json (what marks it complete); incomplete, it is still checkpoint-{step}.tmp."""
+    import shutil
+
+    folder = run / (f"checkpoint-{step}" if complete else f"checkpoint-{step}.tmp")
+    shutil.copytree(DEMO / "model", folder)
+    (folder / "training_args.json").write_text(json.dumps({"pool_layer": 1, "model_name_or_path": str(DEMO / "model"),
+                                                           "per_device_train_batch_size": 8}))
+    if complete:
+        (folder / "trainer_state.json").write_text(json.dumps({"step": step, "num_processes": 1}))
+    return folder
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_watch_evaluates_each_complete_checkpoint_once_and_resumes(tmp_path, monkeypatch):
+    """--watch follows a run: checkpoint-3 is evaluated, checkpoint-6.tmp (being written) is not; while the
+    run holds its lock, the watcher waits (here until --watch_timeout). Started again once checkpoint-6 is
+    complete and the run has ended, it evaluates only checkpoint-6 and the earlier results stay as they were."""
+    import os
+    import socket
+
+    run = tmp_path / "run"
+    demo_checkpoint(run, 3)
+    demo_checkpoint(run, 6, complete=False)
+    (run / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}))
+    pairs = tmp_path / "pairs.jsonl"
+    write_items(pairs, read_jsonl(DEMO / "validation.jsonl")[:40])
+    loaded = []
+    load_model = ea.load_model
+    monkeypatch.setattr(ea, "load_model", lambda entry, *a: loaded.append(Path(entry["source"]).name) or
+                        load_model(entry, *a))
+    argv = ["--watch", str(run), "--baseline", str(DEMO / "model"), "--skip_tasks", "--parallel_file", str(pairs),
+            "--max_pairs", "16", "--output_dir", str(tmp_path / "eval"), "--no_plots"]
+    first = ea.main([*argv, "--watch_interval", "0.05", "--watch_timeout", "0.3"])
+    assert list(first) == ["run/checkpoint-3", "model"] and loaded == ["checkpoint-3", "model"]
+    assert first["model"]["representation"]["pooled"]["layers"] == [1]  # pooled like the run it follows
+    assert first["model"]["representation"]["pooled"]["like_run"] == str((run / "checkpoint-3").resolve())
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+
+    os.rename(run / "checkpoint-6.tmp", run / "checkpoint-6")
+    (run / "checkpoint-6" / "trainer_state.json").write_text(json.dumps({"step": 6, "num_processes": 1}))
+    (run / ".lock").unlink()  # training has ended
+    loaded.clear()
+    second = ea.main(argv)  # no timeout: it returns because no run is live
+    assert loaded == ["checkpoint-6"]
+    assert list(second) == ["run/checkpoint-3", "model", "run/checkpoint-6"]
+    on_disk = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert on_disk["run/checkpoint-3"] == saved["run/checkpoint-3"] and on_disk["model"] == saved["model"]
+    assert "| run/checkpoint-6 | layer 1, mean |" in (tmp_path / "eval" / "results.md").read_text()
+    loaded.clear()
+    ea.main(argv)  # nothing new: nothing loaded
+    assert loaded == []

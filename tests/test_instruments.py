@@ -11,8 +11,7 @@ from safetensors.torch import load_file
 
 import train_contrastive as tc
 import train_full
-from common.data import iter_parallel_jsonl
-from common.demo import tiny_llama, train_demo_tokenizer
+from common.demo import tiny_llama
 
 pytestmark = pytest.mark.usefixtures("reset_accelerate")
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,13 +20,9 @@ TRAIN, VALID = str(DEMO / "train.jsonl"), str(DEMO / "validation.jsonl")
 KO_TEXT, EN_TEXT = str(DEMO / "mono_ko_train.txt"), str(DEMO / "mono_en_train.txt")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny_model")
-    tokenizer = train_demo_tokenizer([row[s] for row in iter_parallel_jsonl(TRAIN) for s in ("ko", "en")])
-    tiny_llama(len(tokenizer), hidden_size=32, num_layers=4, seed=2).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+@pytest.fixture
+def tiny_model(tiny_pair_model) -> Path:
+    return tiny_pair_model
 
 
 def run(tiny_model, out, *extra):

@@ -2,7 +2,9 @@
 blocks in shards that the trainers' reader loads, bounded work in flight."""
 
 import json
+import os
 import pickle
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -185,3 +187,21 @@ def test_a_split_too_small_for_one_block_is_an_error(tmp_path, corpus):
         prepare_mono.main(["--inputs", str(inputs), "--tokenizer", str(tok_dir), "--block_size", "4096",
                            "--validation_ratio", "0.01", "--num_proc", "2", "--output_dir", str(tmp_path / "out")])
     assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_a_worker_that_dies_fails_the_run_instead_of_hanging(tmp_path, corpus, monkeypatch):
+    """A worker killed mid-run (the out-of-memory killer, say) ends the run with an error; the JSONL and
+    blocks are not left behind half-written under their final names."""
+    inputs, tok_dir, _ = corpus
+    work = prepare_mono.DocumentWork.__call__
+
+    def dies_on_document_90(self, docs):
+        if any("문서 90번" in text for text, _ in docs):
+            os._exit(9)
+        return work(self, docs)
+
+    monkeypatch.setattr(prepare_mono.DocumentWork, "__call__", dies_on_document_90)
+    monkeypatch.setattr(prepare_mono, "BATCH_CHARS", 700)
+    with pytest.raises(BrokenProcessPool):
+        prepare(tmp_path / "out", inputs, tok_dir, "--num_proc", "2")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []

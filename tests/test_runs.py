@@ -26,13 +26,9 @@ DEMO = ROOT / "data" / "demo"
 TRAIN, VALID = str(DEMO / "train.jsonl"), str(DEMO / "validation.jsonl")
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny_model")
-    tokenizer = train_demo_tokenizer([row[s] for row in iter_parallel_jsonl(TRAIN) for s in ("ko", "en")])
-    tiny_llama(len(tokenizer), hidden_size=32, num_layers=2, seed=1).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+@pytest.fixture
+def tiny_model(tiny_pair_model) -> Path:
+    return tiny_pair_model
 
 
 def run(tiny_model, out, *extra):

@@ -35,7 +35,8 @@ ARC=${ARC:-../shared/data/arc_challenge_en_ko}
 NUM_GPUS=${NUM_GPUS:-1}
 GLOBAL_BATCH=${GLOBAL_BATCH:-256}
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-ds_configs/accelerate_1gpu.yaml}
-EXPERIMENTS=${EXPERIMENTS:-"exp0_contrastive layer1 layer17 exp2_frozen_cl_lm exp3_frozen_mixture exp4_shared_mixture embeddings_only no_cl_control"}
+EXPERIMENTS=${EXPERIMENTS:-"exp0_contrastive layer1 layer17 exp2_frozen_cl_lm exp3_frozen_mixture exp4_shared_mixture
+    embeddings_only no_cl_control exp4_pcgrad"}
 STAGE2_FROM=${STAGE2_FROM:-exp4_shared_mixture}
 OUT=${OUT:-runs/seed}
 DRY_RUN=${DRY_RUN:-0}
