@@ -60,7 +60,13 @@ from common.data import (
     text_key,
 )
 from common.demo import demo_config
-from common.distributed import configure_deepspeed, full_parameters, process_group_kwargs, unpartitioned
+from common.distributed import (
+    configure_deepspeed,
+    full_parameters,
+    parameter_dims,
+    process_group_kwargs,
+    unpartitioned,
+)
 from common.flops import layer_params, lm_params, peak_flops, stage1_flops
 from common.losses import duplicate_mask, gather, info_nce
 from common.metrics import alignment_metrics
@@ -331,6 +337,9 @@ def select_trainable(model: nn.Module, spec: str, base_vocab_size: int | None = 
     ``base_vocab_size``: with no weight decay on embeddings, AdamW then leaves those rows bitwise unchanged."""
     embeddings = model.get_input_embeddings().weight
     if spec == "new_token_embeddings":
+        if hasattr(embeddings, "ds_shape"):
+            raise ValueError("--trainable new_token_embeddings is not supported under DeepSpeed ZeRO-3, which shards "
+                             "the embedding rows: use ZeRO-2 or DDP")
         if base_vocab_size is None or not 0 < base_vocab_size < embeddings.shape[0]:
             raise ValueError(f"--trainable new_token_embeddings: the base vocabulary size {base_vocab_size} must be "
                              f"between 1 and the model's {embeddings.shape[0] - 1} (give --base_vocab_size, or "
@@ -554,7 +563,7 @@ def evaluate(model: ContrastiveModel, loader: DataLoader, device, english_encode
         keys.append(batch["pair_keys"].cpu())
         if model.mixture is not None:
             rows = ko_layers.shape[1] + en_layers.shape[1]
-            shares.append(model.mixture.shares(torch.cat([ko_layers, en_layers], dim=1)) * rows)
+            shares.append(model.mixture(torch.cat([ko_layers, en_layers], dim=1), return_shares=True)[1] * rows)
     model.train()
     ko, en, keys = torch.cat(kos), torch.cat(ens), torch.cat(keys)
     metrics = alignment_metrics(ko, en, ko_keys=keys[:, 0].tolist(), en_keys=keys[:, 1].tolist())
@@ -670,8 +679,8 @@ def main(argv: list[str] | None = None):
     # Optimizer: no weight decay on embeddings (rows absent from every batch must not move), norms,
     # biases; the mixture logits get their own learning rate.
     embeddings = lm.get_input_embeddings().weight
-    decay = [p for p in lm.parameters() if p.requires_grad and p.dim() >= 2 and p is not embeddings]
-    no_decay = [p for p in lm.parameters() if p.requires_grad and (p.dim() < 2 or p is embeddings)]
+    decay = [p for p in lm.parameters() if p.requires_grad and parameter_dims(p) >= 2 and p is not embeddings]
+    no_decay = [p for p in lm.parameters() if p.requires_grad and (parameter_dims(p) < 2 or p is embeddings)]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if mixture is not None:
         groups.append({"params": list(mixture.parameters()), "weight_decay": 0.0, "lr": args.mix_learning_rate})

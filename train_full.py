@@ -53,7 +53,7 @@ from common.data import (
     tokenize_instruction,
 )
 from common.demo import demo_config
-from common.distributed import configure_deepspeed, process_group_kwargs
+from common.distributed import configure_deepspeed, parameter_dims, process_group_kwargs
 from common.flops import lm_params, peak_flops
 from common.metrics import language_model_loss
 
@@ -263,8 +263,8 @@ def main(argv: list[str] | None = None):
 
     # Optimizer: no weight decay on embeddings, norms, biases.
     embeddings = lm.get_input_embeddings().weight
-    decay = [p for p in lm.parameters() if p.dim() >= 2 and p is not embeddings]
-    no_decay = [p for p in lm.parameters() if p.dim() < 2 or p is embeddings]
+    decay = [p for p in lm.parameters() if parameter_dims(p) >= 2 and p is not embeddings]
+    no_decay = [p for p in lm.parameters() if parameter_dims(p) < 2 or p is embeddings]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, fused=accelerator.device.type == "cuda")
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=int(args.warmup_ratio * max_steps),

@@ -1,7 +1,7 @@
 """What the trainers need to run the same way under DDP and DeepSpeed, on GPUs or (for tests) CPUs."""
 
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from accelerate.utils import InitProcessGroupKwargs
@@ -38,11 +38,32 @@ def configure_deepspeed(accelerator, micro_batch_size: int, max_grad_norm: float
         config["gradient_accumulation_steps"] = 1
 
 
+@contextmanager
 def unpartitioned(accelerator):
     """Context in which ``from_pretrained`` loads whole weights on every process even under ZeRO-3
-    (for a frozen model kept outside the DeepSpeed engine, e.g. stage 1's English copy)."""
+    (for a frozen model kept outside the DeepSpeed engine, e.g. stage 1's English copy).
+
+    accelerate's ``zero3_init_context_manager(enable=False)`` alone does not do it: it re-registers the
+    DeepSpeed config with transformers, which then still sees ZeRO-3 and partitions the weights at load.
+    So the registration is removed for the load and restored after it."""
     plugin = accelerator.state.deepspeed_plugin
-    return plugin.zero3_init_context_manager(enable=False) if plugin is not None else nullcontext()
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    with plugin.zero3_init_context_manager(enable=False):
+        unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            plugin.set_deepspeed_weakref()
+
+
+def parameter_dims(p) -> int:
+    """A parameter's number of dimensions, also under ZeRO-3, where ``p`` holds an empty 1-D shard and
+    its real shape is ``p.ds_shape``."""
+    return len(getattr(p, "ds_shape", p.shape))
 
 
 def full_parameters(accelerator, params):

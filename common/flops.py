@@ -18,15 +18,16 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A1
 
 
 def layer_params(model: nn.Module, upto: int) -> int:
-    """Parameters of decoder layers 1..``upto`` of a Llama-family model."""
+    """Parameters of decoder layers 1..``upto`` of a Llama-family model (whole, also when ZeRO-3 shards them)."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    return sum(p.numel() for layer in decoder.layers[:upto] for p in layer.parameters())
+    return sum(getattr(p, "ds_numel", p.numel()) for layer in decoder.layers[:upto] for p in layer.parameters())
 
 
 def lm_params(model: nn.Module) -> int:
     """Parameters a token passes through for the next-token loss: every decoder layer and the LM head."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    return layer_params(model, len(decoder.layers)) + model.get_output_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight
+    return layer_params(model, len(decoder.layers)) + getattr(head, "ds_numel", head.numel())
 
 
 def stage1_flops(trunc_params: int, ko_tokens: int, en_tokens: int, frozen_english: bool,

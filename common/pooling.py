@@ -73,22 +73,26 @@ class LayerMixture(nn.Module):
     def weights(self) -> Tensor:
         return torch.softmax(self.logits / self.temperature, dim=0)
 
-    def forward(self, pooled: Tensor) -> Tensor:
-        """``pooled`` (K, B, D), one slice per layer in ``self.layers`` order -> (B, D)."""
+    def forward(self, pooled: Tensor, return_shares: bool = False):
+        """``pooled`` (K, B, D), one slice per layer in ``self.layers`` order -> (B, D); with ``return_shares``
+        also (K,) each layer's mean share of the mixed vectors, w_k |v_k| / sum_j w_j |v_j| averaged over
+        the B sentences (equal to the weights when the layers are normalised). Called as the module (not
+        through ``weights``), so DeepSpeed ZeRO-3 gathers the logits for it."""
+        norms = pooled.detach().float().norm(dim=-1)  # (K, B)
         if self.normalize:
             pooled = F.normalize(pooled, dim=-1)
-        w = self.weights().to(pooled.dtype)
-        return torch.einsum("k,kbd->bd", w, pooled)
-
-    @torch.no_grad()
-    def shares(self, pooled: Tensor) -> Tensor:
-        """(K,): each layer's mean share of the mixed vector, w_k |v_k| / sum_j w_j |v_j| averaged over
-        the B sentences of ``pooled`` (K, B, D). Equal to the weights when the layers are normalised."""
-        norms = pooled.float().norm(dim=-1)  # (K, B)
-        if self.normalize:
             norms = torch.ones_like(norms)
-        part = self.weights().float()[:, None] * norms
-        return (part / part.sum(dim=0, keepdim=True)).mean(dim=1)
+        w = self.weights()
+        mixed = torch.einsum("k,kbd->bd", w.to(pooled.dtype), pooled)
+        if not return_shares:
+            return mixed
+        part = w.detach().float()[:, None] * norms
+        return mixed, (part / part.sum(dim=0, keepdim=True)).mean(dim=1)
+
+    def shares(self, pooled: Tensor) -> Tensor:
+        """(K,): each layer's mean share of the mixed vectors of ``pooled`` (K, B, D); see ``forward``."""
+        with torch.no_grad():
+            return self(pooled, return_shares=True)[1]
 
 
 def decoder_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
