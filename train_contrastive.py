@@ -100,6 +100,11 @@ class Arguments:
         "Batch sentences of similar length together (less padding); contents stay random at the scale of 64 "
         "batches."
     )})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": (
+        "Processes that tokenize the pairs (datasets.map num_proc); the result is the same as with one, row for "
+        "row, and cached. Monolingual text for --lm_train_file is best packed beforehand with "
+        "data_prep/prepare_mono.py --num_proc N (a packed folder loads as is)."
+    )})
     dataloader_num_workers: int = field(default=0, metadata={"help": (
         "DataLoader worker processes per training process."
     )})
@@ -580,7 +585,7 @@ def evaluate(model: ContrastiveModel, loader: DataLoader, device, english_encode
     return metrics
 
 
-def load_pairs(path: str, tokenizer, max_len: int) -> Dataset:
+def load_pairs(path: str, tokenizer, max_len: int, num_proc: int | None = None) -> Dataset:
     """Validated, tokenized pairs as a cached ``datasets.Dataset``: ko_ids, en_ids, length (both sides),
     ko_key and en_key (``text_key`` of the token ids: equal sentences, equal keys), source."""
     ds = dataset_from_rows(iter_parallel_jsonl, path, empty="no pairs")
@@ -591,7 +596,8 @@ def load_pairs(path: str, tokenizer, max_len: int) -> Dataset:
         return {"ko_ids": ko, "en_ids": en, "length": [len(a) + len(b) for a, b in zip(ko, en)],
                 "ko_key": [text_key(x) for x in ko], "en_key": [text_key(x) for x in en]}
 
-    return ds.map(tokenize, batched=True, remove_columns=["ko", "en"], desc=f"tokenizing {Path(path).name}")
+    return ds.map(tokenize, batched=True, remove_columns=["ko", "en"], num_proc=num_proc,
+                  desc=f"tokenizing {Path(path).name}")
 
 
 def main(argv: list[str] | None = None):
@@ -655,7 +661,7 @@ def main(argv: list[str] | None = None):
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = args.per_device_train_batch_size * world
     with accelerator.main_process_first():
-        train_pairs = load_pairs(args.train_file, tokenizer, args.max_seq_length)
+        train_pairs = load_pairs(args.train_file, tokenizer, args.max_seq_length, args.preprocessing_num_workers)
         val_pairs = load_pairs(args.validation_file, tokenizer, args.max_seq_length) if args.validation_file else None
         # LM text: Korean (--lm_train_file) and, with --lm_en_train_file, English, mixed by --lm_ko_ratio
         lm_sets = {}

@@ -292,18 +292,16 @@ def summarize(rows: list[dict], sizes: list[float], procs: list[int], cores: int
         lines.append(f"{ref['label']}: {ref['seconds']:.1f} s on {ref['input_mb']:g} MB, {ref['peak_mem_mb']} MB "
                      f"peak; this code with N = {procs[0]} is {s:.2f}x faster")
     cpu, one = at[(large, n_max)]["cpu_seconds"], at[(large, procs[0])]
-    if cpu and cpu["workers"] > 0:
-        # CPU per MB from the two largest inputs' difference: start-up (imports, tokenizer) is not per MB
-        below = [m for m in sorted({r["input_mb"] for r in new}) if m < large]
-        base = at[(below[-1], n_max)]["cpu_seconds"] if below else {"main": 0.0, "workers": 0.0}
-        span = large - (below[-1] if below else 0.0)
+    below = [m for m in sorted({r["input_mb"] for r in new}) if m < large]
+    if cpu and cpu["workers"] > 0 and below:
+        # CPU per MB from the two largest inputs' difference: start-up (tokenizer, workers) is not per MB
+        base, span = at[(below[-1], n_max)]["cpu_seconds"], large - below[-1]
         main_per_mb, work_per_mb = (cpu["main"] - base["main"]) / span, (cpu["workers"] - base["workers"]) / span
         workers = max(1, cores - 1)
         per_mb = max(main_per_mb, work_per_mb / workers)
         bound = "the reading process" if main_per_mb >= work_per_mb / workers else "the workers"
         minutes = RESEARCH_MB * per_mb / 60
-        one_below = at[(below[-1], procs[0])]["seconds"] if below else 0.0
-        single = RESEARCH_MB * (one["seconds"] - one_below) / span / 3600
+        single = RESEARCH_MB * (one["seconds"] - at[(below[-1], procs[0])]["seconds"]) / span / 3600
         out.update({"main_cpu_s_per_mb": round(main_per_mb, 4), "worker_cpu_s_per_mb": round(work_per_mb, 4),
                     f"projected_minutes_35gb_{cores}_cores": round(minutes, 1), "projected_hours_35gb_n1":
                     round(single, 2)})

@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 # schedule. Everything else in training_args.json must match (see ``resume_argument_changes``).
 BOOKKEEPING = {
     "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "logging_steps", "eval_steps", "save_steps",
-    "save_total_limit", "save_state_limit", "report_to", "dataloader_num_workers", "max_eval_pairs",
+    "save_total_limit", "save_state_limit", "report_to", "dataloader_num_workers", "preprocessing_num_workers",
+    "max_eval_pairs",
     "max_eval_blocks",
 }
 STATE = "accelerate_state"

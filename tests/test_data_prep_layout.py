@@ -20,7 +20,8 @@ def test_outputs_default_under_runs_never_into_shipped_data(script):
 
 
 def test_shared_reader_and_data_error_have_one_home():
-    assert prepare_mono.iter_clean_documents is expand_vocab.iter_clean_documents is sources.iter_clean_documents
+    assert expand_vocab.iter_clean_documents is sources.iter_clean_documents
+    assert prepare_mono.iter_documents is sources.iter_documents  # the document reader both scripts use
     assert prepare_mono.DEFAULT_EXCLUDE is sources.DEFAULT_EXCLUDE
     assert "DataError" not in sources.__all__ and set(sources.__all__) <= set(dir(sources))
     assert prepare_parallel.DataError is expand_vocab.DataError is DataError

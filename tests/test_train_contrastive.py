@@ -266,3 +266,12 @@ def test_mixture_metrics_equal_a_recomputation_from_the_export(tiny_model, tmp_p
     for name, value in expected.items():
         assert logged[f"eval/{name}"] == pytest.approx(value, abs=2e-5), name
     assert sum(logged[f"eval/layer_share/{layer}"] for layer in weights) == pytest.approx(1.0)
+
+
+def test_tokenizing_pairs_in_two_processes_gives_the_same_rows(tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    one, two = tc.load_pairs(VALID, tokenizer, 32), tc.load_pairs(VALID, tokenizer, 32, num_proc=2)
+    assert len(one) == len(two) == 256
+    assert one.to_dict() == two.to_dict()
