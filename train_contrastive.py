@@ -649,7 +649,7 @@ def main(argv: list[str] | None = None):
     if args.trainable == "new_token_embeddings" and base_vocab_size is None and expansion.is_file():
         base_vocab_size = json.loads(expansion.read_text())["base_vocab_size"]
     trainable = select_trainable(lm, args.trainable, base_vocab_size)
-    # model FLOPs per token (common/flops.py), counted before ZeRO-3 partitions the parameters
+    # parameters a token passes through, for the model FLOPs behind the logged mfu (common/flops.py)
     trunc_params, full_params = layer_params(lm, max(layers)), lm_params(lm)
     mixture = LayerMixture(layers, args.mix_temperature, normalize=args.mix_normalize) if args.mix_layers else None
     model = ContrastiveModel(lm, layers=layers, pooling=args.pooling, exclude_bos=not args.include_bos,

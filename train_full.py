@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None):
         lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     lm.config.use_cache = False
     model = FullModel(lm)
-    full_params = lm_params(lm)  # model FLOPs: 6 x these x tokens (common/flops.py), before ZeRO-3 partitions
+    full_params = lm_params(lm)  # model FLOPs: 6 x these x tokens (common/flops.py)
 
     # Data: each stream planned as global batches; each process takes its slice of each.
     world, rank = accelerator.num_processes, accelerator.process_index
