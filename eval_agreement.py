@@ -1,7 +1,8 @@
 """Evaluate checkpoints on paired English/Korean multiple-choice tasks through lm-eval, and measure
 per layer how well Korean and English sentence representations align.
 
-For every model and every task pair (default: arc_challenge / ko_arc_challenge):
+For every model and every task pair (default: koen_arc_challenge_en / koen_arc_challenge_ko, tag koen_arc in
+tasks/; a pair may also name lm-eval's built-in tasks):
 accuracy in each language (``acc``: argmax of the per-choice log-likelihoods; ``acc_norm``: argmax
 of log-likelihood / number of characters of the choice), agreement (share of items with the same
 predicted choice in both languages), Cohen's kappa of the two predictions, the 2x2 table of
@@ -50,7 +51,7 @@ Commands:
         --seed 42 --output_dir runs/eval_stage1    # follow a training run: each new checkpoint, once
     python eval_agreement.py CKPT --english_model self ...   # a frozen run's checkpoint encoding English itself
     lm_eval --model hf --model_args pretrained=CKPT --include_path tasks \\
-        --tasks arc_challenge,ko_arc_challenge   # same YAMLs
+        --tasks koen_arc   # same YAMLs, but their hub datasets: for local files see the YAMLs' comments
 
 Checkpoints come first (positional) or through ``--models``; ``--help`` documents every option. A
 .json/.yaml config file may come first instead: its settings are the defaults, and the flags after it
@@ -91,7 +92,7 @@ from common.pooling import LayerMixture, layer_states, pool, pooled_layers, pool
 
 logger = logging.getLogger("eval_agreement")
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-DEFAULT_PAIR = "arc_challenge:ko_arc_challenge"
+DEFAULT_PAIR = "koen_arc_challenge_en:koen_arc_challenge_ko"
 
 
 class EvalError(ValueError):
@@ -114,8 +115,8 @@ class Arguments:
     )})
     # tasks
     pair: list[str] = field(default_factory=lambda: [DEFAULT_PAIR], metadata={"help": (
-        "Paired tasks 'EN_TASK:KO_TASK' (lm-eval multiple_choice tasks whose docs share an id field). "
-        "Several allowed."
+        "Paired tasks 'EN_TASK:KO_TASK' (lm-eval multiple_choice tasks whose docs share an id field), from the "
+        "project's tasks/, --include_path or lm-eval's built-in tasks. Several allowed."
     )})
     include_path: list[str] = field(default_factory=list, metadata={"help": (
         "Extra folders of lm-eval task YAMLs (the project's tasks/ is always included)."
@@ -742,15 +743,47 @@ def pair_items(en: list[dict], ko: list[dict], en_where: str, ko_where: str, sho
     return ko_pos
 
 
+class TaskLookup:
+    """Finds tasks in the project's tasks/ and the --include_path folders, and a name not there among lm-eval's
+    built-in tasks: their index (about 4 s to build) is made only when a pair names such a task."""
+
+    def __init__(self, include_path: list[str]):
+        from lm_eval.tasks import TaskManager
+
+        self.include_path = [str(TASKS_DIR)] + [os.path.abspath(p) for p in include_path]
+        self.ours = TaskManager(include_path=self.include_path, include_defaults=False)
+        self._with_defaults = None
+
+    @property
+    def with_defaults(self):
+        """A TaskManager of our folders and lm-eval's built-in tasks."""
+        if self._with_defaults is None:
+            from lm_eval.tasks import TaskManager
+
+            logger.info("indexing lm-eval's built-in tasks")
+            self._with_defaults = TaskManager(include_path=self.include_path, include_defaults=True)
+        return self._with_defaults
+
+    def manager_for(self, *names: str):
+        """Our TaskManager when it knows every name, else the one with lm-eval's built-in tasks as well."""
+        if all(n in self.ours.task_index for n in names):
+            return self.ours
+        manager = self.with_defaults
+        unknown = [n for n in names if n not in manager.task_index]
+        if unknown:
+            known = ", ".join(self.ours.all_subtasks[:20]) or "none"
+            raise EvalError(f"unknown task {unknown[0]!r}: not among lm-eval's built-in tasks, nor in "
+                            f"{self.include_path} (tasks there: {known})")
+        return manager
+
+
 def prepare_pairs(args: Arguments) -> list[dict]:
     """Load and cross-check every pair's tasks once, before any model is loaded."""
-    from lm_eval.tasks import TaskManager
-
-    include_path = [str(TASKS_DIR)] + [os.path.abspath(p) for p in args.include_path]
-    task_manager = TaskManager(include_path=include_path, include_defaults=False)
+    lookup = TaskLookup(args.include_path)
     pairs = []
     for spec in args.pair:
         en_name, ko_name = spec.split(":")
+        task_manager = lookup.manager_for(en_name, ko_name)
         en_where = f"{en_name} ({args.en_data})" if args.en_data else en_name
         ko_where = f"{ko_name} ({args.ko_data})" if args.ko_data else ko_name
         en_cfg = task_config(task_manager, en_name, args.en_data)

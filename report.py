@@ -2,7 +2,7 @@
 
     python report.py runs/seed/stage1/* runs/seed/eval/* --output_dir runs/seed/report
     python report.py runs/ --output_dir runs/report        # a folder of runs and eval outputs, one level down
-    python report.py runs/seed/stage1/layer1 runs/seed/eval/layer1 --pair arc_challenge:ko_arc_challenge
+    python report.py runs/seed/stage1/layer1 runs/seed/eval/layer1 --pair koen_arc_challenge_en:koen_arc_challenge_ko
 
 Inputs are run folders (a trainer's output_dir: ``log.jsonl``, ``checkpoint-{step}/``), eval output folders
 (eval_agreement.py's ``results.json``), or folders holding either one level down. A checkpoint's scores come

@@ -23,7 +23,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"  # as conftest's shared_data fixtu
 ARC = SHARED_DATA / "arc_challenge_en_ko"
 EN_ARC = ARC / "ai2_arc-ARC-Challenge-test.jsonl"
 KO_ARC = ARC / "ko_ai2_arc-ARC-Challenge-test.jsonl"
-PAIR = "arc_challenge__ko_arc_challenge"
+PAIR = "koen_arc_challenge_en__koen_arc_challenge_ko"
 LIMIT = 6
 
 
@@ -195,7 +195,7 @@ def test_end_to_end_real_arc(real_run):
     md = (out / "results.md").read_text(encoding="utf-8")
     rows_md = [line for line in md.splitlines() if line.startswith(("| run1/checkpoint-100", "| neox"))]
     assert [line.split("|")[1].strip() for line in rows_md[:2]] == ["run1/checkpoint-100", "neox"]
-    assert "arc_challenge acc" in md and "ko_arc_challenge acc" in md
+    assert "koen_arc_challenge_en acc" in md and "koen_arc_challenge_ko acc" in md
     for png in ("accuracy_vs_step.png", "retrieval_per_layer.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -339,16 +339,52 @@ def test_mismatched_files_list_counts_and_first_mismatches(demo_tok, tmp_path, s
                  "--limit", "2", "--output_dir", str(tmp_path / "out")])
     msg = str(e.value)
     assert "(8 items)" in msg
-    assert "1 ids only in arc_challenge" in msg and en[7]["id"] in msg
-    assert "1 ids only in ko_arc_challenge" in msg and "KO_ONLY_1" in msg
+    assert "1 ids only in koen_arc_challenge_en" in msg and en[7]["id"] in msg
+    assert "1 ids only in koen_arc_challenge_ko" in msg and "KO_ONLY_1" in msg
     assert "1 ids with a different number of choices" in msg and f"{en[1]['id']}: 4 vs 3" in msg
     assert "1 ids with a different gold answer" in msg and en[2]["id"] in msg
     assert not (tmp_path / "out").exists()  # found before anything was written or any model loaded
 
     write_items(tmp_path / "ko.jsonl", ko[:1] + ko[:7])
-    with pytest.raises(ea.EvalError, match="1 duplicate ids in ko_arc_challenge"):
+    with pytest.raises(ea.EvalError, match="1 duplicate ids in koen_arc_challenge_ko"):
         ea.main([str(model), "--en_data", str(tmp_path / "en.jsonl"), "--ko_data", str(tmp_path / "ko.jsonl"),
                  "--output_dir", str(tmp_path / "out")])
+
+
+def test_pair_may_name_lm_eval_builtin_tasks_offline(tmp_path, shared_data, monkeypatch, caplog):
+    """Our pair is found without indexing lm-eval's built-in tasks; a name not in tasks/ (lm-eval's own
+    arc_challenge, which ours no longer overrides) is looked up among them, and its items are still joined by
+    id to the Korean task's. Local files only (offline)."""
+    import logging
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    lookup = ea.TaskLookup([])
+    assert set(lookup.ours.all_subtasks) >= {"koen_arc_challenge_en", "koen_arc_challenge_ko"}
+    assert "koen_arc" in lookup.ours.all_tags
+    assert lookup.manager_for(*ea.DEFAULT_PAIR.split(":")) is lookup.ours
+    assert lookup._with_defaults is None  # the built-in index (~4 s) is not built for our own tasks
+    with caplog.at_level(logging.WARNING, logger="lm_eval.tasks"):
+        manager = lookup.manager_for("arc_easy", "koen_arc_challenge_ko")
+    assert manager is lookup.with_defaults
+    assert "overrides existing task" not in caplog.text  # our names collide with no built-in task
+    cfg = ea.task_config(manager, "arc_easy", None)  # the built-in YAML, its dataset not loaded
+    assert cfg["task"] == "arc_easy" and cfg["dataset_path"] == "allenai/ai2_arc"
+    with pytest.raises(ea.EvalError, match="unknown task 'nope': not among lm-eval's built-in tasks"):
+        lookup.manager_for("arc_easy", "nope")
+
+    en = read_jsonl(shared_data / "arc_challenge_en_ko" / "ai2_arc-ARC-Challenge-test.jsonl")[:8]
+    ko = read_jsonl(shared_data / "arc_challenge_en_ko" / "ko_ai2_arc-ARC-Challenge-test.jsonl")[:8]
+    write_items(tmp_path / "en.jsonl", en)
+    write_items(tmp_path / "ko.jsonl", ko)
+    args = ea.Arguments(models=["x"], pair=["arc_challenge:koen_arc_challenge_ko"], limit=3,
+                        en_data=str(tmp_path / "en.jsonl"), ko_data=str(tmp_path / "ko.jsonl"))
+    (pair,) = ea.prepare_pairs(args)
+    assert pair["name"] == "arc_challenge__koen_arc_challenge_ko" and len(pair["en_items"]) == 8
+    assert pair["en_task"].config.task == "arc_challenge" and pair["ko_idx"] == [0, 1, 2]
+    write_items(tmp_path / "ko.jsonl", ko[:7] + [dict(ko[0], id="KO_ONLY_1")])
+    with pytest.raises(ea.EvalError, match=r"(?s)ids only in arc_challenge .*1 ids only in koen_arc_challenge_ko"):
+        ea.prepare_pairs(args)
 
 
 def test_read_pairs_samples_the_whole_file_by_source(tmp_path):
@@ -408,8 +444,10 @@ def test_files_in_the_wrong_language_are_refused(tmp_path):
     msg = str(e.value)
     assert "swapped" in msg
     # 300 of the 1172 documents read, spread over the file
-    assert f"arc_challenge ({KO_ARC}) is the English task, but 99.7% of its documents are mostly Hangul (of 300" in msg
-    assert f"ko_arc_challenge ({EN_ARC}) is the Korean task, but only 0.0% of its documents are mostly Hangul" in msg
+    assert (f"koen_arc_challenge_en ({KO_ARC}) is the English task, but 99.7% of its documents are mostly Hangul "
+            "(of 300") in msg
+    assert (f"koen_arc_challenge_ko ({EN_ARC}) is the Korean task, but only 0.0% of its documents are mostly "
+            "Hangul") in msg
     with pytest.raises(ea.EvalError) as e:  # English on both sides: only the Korean task is wrong
         ea.main([str(tmp_path / "m"), "--en_data", str(EN_ARC), "--ko_data", str(EN_ARC), "--output_dir", str(out)])
     assert "is the Korean task, but only 0.0%" in str(e.value) and "English task" not in str(e.value)
@@ -433,8 +471,9 @@ def test_hub_dataset_fails_fast_offline_or_unreachable(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens, refused at once
     monkeypatch.setattr(ea, "_hub_probe", {})
     start = time.perf_counter()
-    with pytest.raises(ea.EvalError, match=r"task arc_challenge reads the hub dataset 'allenai/ai2_arc', but the hub "
-                                           r"cannot be reached \(http://127.0.0.1:9: .*pass --en_data/--ko_data"):
+    with pytest.raises(ea.EvalError, match=r"task koen_arc_challenge_en reads the hub dataset 'allenai/ai2_arc', "
+                                           r"but the hub cannot be reached \(http://127.0.0.1:9: "
+                                           r".*pass --en_data/--ko_data"):
         ea.main(argv)
     assert time.perf_counter() - start < 5
     assert not (tmp_path / "out").exists()
@@ -457,7 +496,7 @@ def test_missing_checkpoint_and_bad_inputs(tmp_path):
     with pytest.raises(ea.EvalError, match="give both --en_data and --ko_data"):
         ea.main([str(tmp_path / "ok"), "--en_data", str(bad), "--output_dir", str(tmp_path / "out")])
     with pytest.raises(ea.EvalError, match="unknown task 'nope'"):
-        ea.main([str(tmp_path / "ok"), "--pair", "nope:ko_arc_challenge", "--output_dir", str(tmp_path / "out")])
+        ea.main([str(tmp_path / "ok"), "--pair", "nope:koen_arc_challenge_ko", "--output_dir", str(tmp_path / "out")])
 
 
 def test_model_whose_layers_cannot_be_found_is_an_eval_error(demo_tok, tmp_path):

@@ -14,7 +14,7 @@ import report
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "data" / "demo"
 SHARED_DATA = ROOT.parent / "shared" / "data"
-PAIR = "arc_challenge__ko_arc_challenge"
+PAIR = "koen_arc_challenge_en__koen_arc_challenge_ko"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -135,7 +135,7 @@ def test_tables_cell_by_cell(written):
 
 def test_inputs_as_parent_folders_and_errors(written, tmp_path):
     result = report.main([str(written["runs"]), str(written["eval"]), "--output_dir", str(tmp_path / "r"),
-                          "--no_plots", "--pair", "arc_challenge:ko_arc_challenge"])
+                          "--no_plots", "--pair", "koen_arc_challenge_en:koen_arc_challenge_ko"])
     assert [r["run"] for r in result["runs"]] == ["run1", "run2", "run3"] and result["plots"] == []
     with pytest.raises(report.ReportError, match="--pair a:b: not in the eval results"):
         report.main([str(written["eval"]), "--pair", "a:b", "--output_dir", str(tmp_path / "r")])
