@@ -28,8 +28,6 @@ import socket
 import time
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 logger = logging.getLogger(__name__)
 
 # Arguments that may change on resume: they do not change the model, the data, the batch plan or the
@@ -37,8 +35,7 @@ logger = logging.getLogger(__name__)
 BOOKKEEPING = {
     "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "logging_steps", "eval_steps", "save_steps",
     "save_total_limit", "save_state_limit", "report_to", "dataloader_num_workers", "preprocessing_num_workers",
-    "max_eval_pairs",
-    "max_eval_blocks",
+    "max_eval_pairs", "max_eval_blocks",
 }
 STATE = "accelerate_state"
 
@@ -239,32 +236,23 @@ def check_resume(spec: str, output_dir: str, current_args: dict) -> tuple[Path, 
     return ckpt, step
 
 
-def load_export_weights(ckpt: Path) -> dict:
-    """The tensors of a checkpoint's model export (one safetensors file, or the shards of an index)."""
-    index = ckpt / "model.safetensors.index.json"
-    if index.is_file():
-        state = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            state.update(load_file(str(ckpt / shard)))
-        return state
-    return load_file(str(ckpt / "model.safetensors"))
-
-
-def read_tensors(folder: Path, names: set[str]) -> dict:
-    """The tensors ``names`` of a safetensors model folder (one file or an index of shards), read one by one."""
+def read_tensors(folder: Path, names: set[str] | None = None) -> dict:
+    """The tensors ``names`` (None: all) of a safetensors model folder (one file or an index of shards),
+    reading only the files that hold them."""
     from safetensors import safe_open
 
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
-        files = {weight_map[n] for n in names if n in weight_map}
+        files = {file for name, file in weight_map.items() if names is None or name in names}
     else:
         files = {"model.safetensors"}
     found = {}
     for file in sorted(files):
         with safe_open(str(folder / file), framework="pt") as f:
-            for name in names & set(f.keys()):
-                found[name] = f.get_tensor(name)
+            for name in f.keys():
+                if names is None or name in names:
+                    found[name] = f.get_tensor(name)
     return found
 
 
@@ -304,7 +292,7 @@ def register_weights_in_export(accelerator, submodule: str | None = None) -> Non
         for model in models:
             target = accelerator.unwrap_model(model)
             target = getattr(target, submodule) if submodule else target
-            state = load_export_weights(ckpt)
+            state = read_tensors(ckpt)
             missing, unexpected = target.load_state_dict(state, strict=False)
             tied = {k for k in missing if "lm_head" in k and getattr(target.config, "tie_word_embeddings", False)}
             if set(missing) - tied or unexpected:
