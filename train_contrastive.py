@@ -37,7 +37,7 @@ from datasets import Dataset
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler
+from transformers import AutoConfig, AutoTokenizer, get_scheduler
 
 from common.args import parse_arguments
 from common.checkpoint import (
@@ -69,8 +69,9 @@ from common.distributed import (
 )
 from common.flops import layer_params, lm_params, peak_flops, stage1_flops
 from common.losses import duplicate_mask, gather, info_nce
-from common.metrics import alignment_metrics
+from common.metrics import alignment_metrics, require_finite
 from common.pooling import LayerMixture, pooled_layers
+from common.speed import compile_decoder_layers, load_lm
 
 logger = logging.getLogger("train_contrastive")
 DEMO_CONFIG = demo_config("stage1")
@@ -104,6 +105,10 @@ class Arguments:
         "Processes that tokenize the pairs (datasets.map num_proc); the result is the same as with one, row for "
         "row, and cached. Monolingual text for --lm_train_file is best packed beforehand with "
         "data_prep/prepare_mono.py --num_proc N (a packed folder loads as is)."
+    )})
+    pad_to_multiple_of: int = field(default=8, metadata={"help": (
+        "Pad each batch's sentences to a multiple of N tokens (tensor-core friendly shapes, and fewer distinct "
+        "shapes under --torch_compile); 0 pads to the longest only. Padding is masked: it changes no result."
     )})
     dataloader_num_workers: int = field(default=0, metadata={"help": (
         "DataLoader worker processes per training process."
@@ -179,8 +184,8 @@ class Arguments:
         "Gradient caching (GradCache): embed the pairs in chunks of this many per process without a graph, "
         "compute InfoNCE over all gathered vectors, then back-propagate chunk by chunk from the cached vector "
         "gradients. The same losses and gradients as the whole batch, with the activation memory of one chunk, "
-        "so batches of thousands of pairs (more negatives) fit; costs a second forward. 0: off. DDP or one "
-        "process (not under DeepSpeed ZeRO); with --objective_balance sum and no --grad_conflict_steps."
+        "so batches of thousands of pairs (more negatives) fit; costs a second forward. 0: off. One process, "
+        "DDP or DeepSpeed ZeRO-2/3; with --objective_balance sum and no --grad_conflict_steps."
     )})
     mask_duplicates: bool = field(default=True, metadata={"help": (
         "Leave out of the InfoNCE softmax every candidate that shares a sentence (token ids) with the anchor's "
@@ -236,6 +241,13 @@ class Arguments:
     bf16: bool = field(default=False, metadata={"help": (
         "bf16 mixed precision (ignored under a DeepSpeed config, which sets its own)."
     )})
+    attn_implementation: str = field(default="sdpa", metadata={"help": (
+        "Attention kernel: sdpa (PyTorch's fused kernels), eager (plain, the reference) or flash_attention_2 "
+        "(needs the flash-attn package)."
+    )})
+    torch_compile: bool = field(default=False, metadata={"help": (
+        "torch.compile each decoder layer (common/speed.py); the first steps are slower while it compiles."
+    )})
     gradient_checkpointing: bool = field(default=False, metadata={"help": (
         "Recompute activations in the backward pass to save memory."
     )})
@@ -249,7 +261,9 @@ class Arguments:
         "source, the same at every eval and on resume. Metrics overall (eval/<metric>) and per source "
         "(eval/<source>/<metric>, sources with 50 pairs or more)."
     )})
-    save_steps: int = field(default=500, metadata={"help": "Write checkpoint-{step} every N steps (and at the end)."})
+    save_steps: int = field(default=500, metadata={"help": (
+        "Write checkpoint-{step} every N steps and at the end; 0 writes none (a benchmark or a dry run)."
+    )})
     save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": (
         "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."
@@ -309,6 +323,8 @@ def check_args(args: Arguments, num_layers: int) -> list[int]:
     if (args.objective_balance == "pcgrad" or args.grad_conflict_steps) and not (args.cl_weight and args.lm_weight):
         raise ValueError("--objective_balance pcgrad and --grad_conflict_steps compare the contrastive and the LM "
                          "gradients: they need --cl_weight > 0 and --lm_weight > 0")
+    if args.pad_to_multiple_of < 0:
+        raise ValueError(f"--pad_to_multiple_of must be >= 0, got {args.pad_to_multiple_of}")
     if args.cl_chunk_size < 0 or (args.cl_chunk_size and (args.objective_balance == "pcgrad"
                                                            or args.grad_conflict_steps)):
         raise ValueError("--cl_chunk_size must be >= 0, and it combines with --objective_balance sum only and "
@@ -522,10 +538,16 @@ def cached_backward(accelerator, model, batch: dict, chunk_size: int, *, english
     usual), backwarded to the vectors only: d loss / d vector for every pair. 3. Chunk by chunk, the forward
     again with a graph and the backward of sum(vector * its cached gradient), which by the chain rule adds
     that chunk's share of d loss / d parameters. The LM loss and the mixture's entropy term join the last
-    chunk's backward, the one DDP reduces (the others run under ``no_sync``)."""
+    chunk's backward, the one DDP reduces (the others run under ``no_sync``).
+
+    Under DeepSpeed ZeRO the chunks' backward passes are the engine's micro-steps of one gradient accumulation:
+    every one but the last is off the accumulation boundary (ZeRO-2 reduces and sums each into the gradient
+    partitions; ZeRO-3 gathers each layer's weights again for it), and the last one, through
+    ``accelerator.backward``, is on it, where the engine steps."""
+    deepspeed = accelerator.state.deepspeed_plugin is not None
     n = batch["ko_input_ids"].shape[0]
     chunks = [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
-    with torch.no_grad(), accelerator.no_sync(model):
+    with torch.no_grad():  # no graph: nothing for DDP or the ZeRO engine to reduce
         parts = [model(**{k: v[s] for k, v in batch.items()}, english_encoder=english_encoder)[:2] for s in chunks]
     ko = torch.cat([p[0] for p in parts]).requires_grad_()
     en = torch.cat([p[1] for p in parts]).requires_grad_()
@@ -533,7 +555,7 @@ def cached_backward(accelerator, model, batch: dict, chunk_size: int, *, english
     (cl_weight * cl_loss).backward()
     for i, s in enumerate(chunks):
         last = i == len(chunks) - 1
-        with nullcontext() if last else accelerator.no_sync(model):
+        with nullcontext() if last or deepspeed else accelerator.no_sync(model):
             ko_c, en_c, lm_loss, mix_entropy = model(**{k: v[s] for k, v in batch.items()},
                                                      english_encoder=english_encoder,
                                                      lm_input_ids=lm_input_ids if last else None)
@@ -542,7 +564,11 @@ def cached_backward(accelerator, model, batch: dict, chunk_size: int, *, english
                 surrogate = surrogate + lm_weight * lm_loss
             if last and mix_entropy is not None and mix_entropy_weight:
                 surrogate = surrogate + mix_entropy_weight * mix_entropy
-            accelerator.backward(surrogate)
+            if deepspeed and not last:  # the engine itself: accelerator.backward would step it
+                model.set_gradient_accumulation_boundary(False)
+                model.backward(surrogate)
+            else:
+                accelerator.backward(surrogate)
     total = cl_weight * cl_loss.detach()
     if lm_loss is not None:
         total = total + lm_weight * lm_loss.detach()
@@ -633,7 +659,7 @@ def main(argv: list[str] | None = None):
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     if tokenizer.pad_token is None:  # Llama tokenizers have none; padded positions are masked anyway
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    lm = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
+    lm = load_lm(args.model_name_or_path, args.attn_implementation)
     if args.gradient_checkpointing:
         lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     lm.config.use_cache = False
@@ -642,13 +668,17 @@ def main(argv: list[str] | None = None):
     frozen_en = None
     if args.english_encoder == "frozen":
         with unpartitioned(accelerator):
-            frozen_en = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
+            frozen_en = load_lm(args.model_name_or_path, args.attn_implementation)
         frozen_en.requires_grad_(False).eval().to(accelerator.device, dtype=torch.bfloat16 if args.bf16 else None)
+        if args.torch_compile:
+            compile_decoder_layers(frozen_en)
     base_vocab_size = args.base_vocab_size
     expansion = Path(args.model_name_or_path) / "expand_vocab.json"
     if args.trainable == "new_token_embeddings" and base_vocab_size is None and expansion.is_file():
         base_vocab_size = json.loads(expansion.read_text())["base_vocab_size"]
     trainable = select_trainable(lm, args.trainable, base_vocab_size)
+    if args.torch_compile:
+        compile_decoder_layers(lm)
     # parameters a token passes through, for the model FLOPs behind the logged mfu (common/flops.py)
     trunc_params, full_params = layer_params(lm, max(layers)), lm_params(lm)
     mixture = LayerMixture(layers, args.mix_temperature, normalize=args.mix_normalize) if args.mix_layers else None
@@ -699,9 +729,9 @@ def main(argv: list[str] | None = None):
     # scheduler is stepped once per optimizer step by us and checkpointed alongside.
     configure_deepspeed(accelerator, args.per_device_train_batch_size, args.max_grad_norm)
     if accelerator.state.deepspeed_plugin is not None and (args.objective_balance == "pcgrad"
-                                                            or args.grad_conflict_steps or args.cl_chunk_size):
-        raise ValueError("--objective_balance pcgrad, --grad_conflict_steps and --cl_chunk_size need control of "
-                         "the backward passes that the DeepSpeed ZeRO engine keeps: launch without DeepSpeed (DDP)")
+                                                            or args.grad_conflict_steps):
+        raise ValueError("--objective_balance pcgrad and --grad_conflict_steps need the two objectives' gradients "
+                         "apart, which the DeepSpeed ZeRO engine keeps partitioned: launch without DeepSpeed (DDP)")
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     register_weights_in_export(accelerator, submodule="lm")  # the resume state does not repeat the weights
@@ -721,13 +751,15 @@ def main(argv: list[str] | None = None):
                             start_step if resume_from is not None else None)
     # [/shared]
 
-    collate = ParallelCollator(tokenizer, pad_to_multiple_of=8 if accelerator.device.type == "cuda" else None)
+    # Pinned host memory lets the copies to the GPU run asynchronously (the .to(..., non_blocking=True) below).
+    collate = ParallelCollator(tokenizer, pad_to_multiple_of=args.pad_to_multiple_of or None)
+    pin = accelerator.device.type == "cuda"
     pair_loader = DataLoader(train_pairs, batch_sampler=ShardedBatches(pair_sampler, start_step, rank, world),
-                             collate_fn=collate, num_workers=args.dataloader_num_workers)
+                             collate_fn=collate, num_workers=args.dataloader_num_workers, pin_memory=pin)
     streams = [pair_loader]
     for (blocks, _), sampler in zip(lm_sets.values(), samplers[1:]):
         streams.append(DataLoader(blocks.with_format("torch"), num_workers=args.dataloader_num_workers,
-                                  batch_sampler=ShardedBatches(sampler, start_step, rank, world)))
+                                  batch_sampler=ShardedBatches(sampler, start_step, rank, world), pin_memory=pin))
     # Validation: a seeded sample over the whole file, stratified by source, the same at every eval.
     val_loader = None
     if val_pairs is not None:
@@ -792,9 +824,9 @@ def main(argv: list[str] | None = None):
         lm_tokens = sum(b.numel() for b in lm_cpu) if args.lm_weight else 0
         padded = pairs["ko_input_ids"].numel() + pairs["en_input_ids"].numel() if args.cl_weight else 0
         real = int(pairs["ko_attention_mask"].sum() + pairs["en_attention_mask"].sum()) if args.cl_weight else 0
-        work += torch.tensor([real + lm_tokens, padded + lm_tokens, stage1_flops(
-            trunc_params if args.cl_weight else 0, pairs["ko_input_ids"].numel(), pairs["en_input_ids"].numel(),
-            frozen_en is not None, full_params, lm_tokens)], dtype=torch.float64)
+        work += torch.tensor([real + lm_tokens, padded + lm_tokens, stage1_flops(  # on real tokens: padding is waste
+            trunc_params if args.cl_weight else 0, int(pairs["ko_attention_mask"].sum()),
+            int(pairs["en_attention_mask"].sum()), frozen_en is not None, full_params, lm_tokens)], dtype=torch.float64)
         batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in pairs.items()}
         pair_keys = batch.pop("pair_keys")
         if args.cl_weight == 0:  # the no-CL control: the pairs are not even encoded
@@ -872,6 +904,7 @@ def main(argv: list[str] | None = None):
                 logs.update({f"layer_weight/{layer}": w for layer, w in zip(layers, layer_weights())})
                 logs["mix_temperature"] = mixture.temperature
             write_log(logs, step)
+            require_finite(logs, step)
             progress.set_postfix(loss=f"{logs.get('cl_loss', logs.get('lm_loss')):.4f}")
             logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
             window = {k: [] for k in window}
@@ -880,7 +913,7 @@ def main(argv: list[str] | None = None):
         paused = time.perf_counter()
         if step % args.eval_steps == 0 or step == max_steps:
             log_eval(step)
-        if step % args.save_steps == 0 or step == max_steps:
+        if args.save_steps and (step % args.save_steps == 0 or step == max_steps):
             save(step)
         t0 += time.perf_counter() - paused  # throughput counts training time only
         # [/shared]

@@ -18,6 +18,7 @@ Launch:
 A .json or .yaml config file may come first; flags after it override its values (common/args.py).
 """
 
+import copy
 import json
 import logging
 import math
@@ -31,7 +32,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, get_scheduler
+from transformers import AutoConfig, AutoTokenizer, DataCollatorForSeq2Seq, get_scheduler
 
 from common.args import parse_arguments
 from common.checkpoint import (
@@ -55,7 +56,8 @@ from common.data import (
 from common.demo import demo_config
 from common.distributed import configure_deepspeed, parameter_dims, process_group_kwargs
 from common.flops import lm_params, peak_flops
-from common.metrics import language_model_loss
+from common.metrics import language_model_loss, require_finite
+from common.speed import compile_decoder_layers, load_lm
 
 logger = logging.getLogger("train_full")
 DEMO_CONFIG = demo_config("stage3")
@@ -126,6 +128,13 @@ class Arguments:
     bf16: bool = field(default=False, metadata={"help": (
         "bf16 mixed precision (ignored under a DeepSpeed config, which sets its own)."
     )})
+    attn_implementation: str = field(default="sdpa", metadata={"help": (
+        "Attention kernel: sdpa (PyTorch's fused kernels), eager (plain, the reference) or flash_attention_2 "
+        "(needs the flash-attn package)."
+    )})
+    torch_compile: bool = field(default=False, metadata={"help": (
+        "torch.compile each decoder layer (common/speed.py); the first steps are slower while it compiles."
+    )})
     gradient_checkpointing: bool = field(default=False, metadata={"help": (
         "Recompute activations in the backward pass to save memory."
     )})
@@ -136,7 +145,9 @@ class Arguments:
     max_eval_blocks: int = field(default=200, metadata={"help": (
         "Use at most this many validation blocks per language."
     )})
-    save_steps: int = field(default=500, metadata={"help": "Write checkpoint-{step} every N steps (and at the end)."})
+    save_steps: int = field(default=500, metadata={"help": (
+        "Write checkpoint-{step} every N steps and at the end; 0 writes none (a benchmark or a dry run)."
+    )})
     save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": (
         "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."
@@ -174,6 +185,14 @@ class FullModel(nn.Module):
         if sft_input_ids is not None:
             sft_loss = self.lm(input_ids=sft_input_ids, attention_mask=sft_attention_mask, labels=sft_labels).loss
         return text_loss, sft_loss
+
+
+def instruction_collator(tokenizer) -> DataCollatorForSeq2Seq:
+    """Instruction rows padded on the right whatever the tokenizer's side (Llama-2's is left), as stage 1's
+    pairs are (common.data.ParallelCollator says why), with label -100 on the padding."""
+    right = copy.copy(tokenizer)
+    right.padding_side = "right"
+    return DataCollatorForSeq2Seq(right, padding="longest", label_pad_token_id=-100)
 
 
 def main(argv: list[str] | None = None):
@@ -214,12 +233,14 @@ def main(argv: list[str] | None = None):
     # [/shared]
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-    lm = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
+    lm = load_lm(args.model_name_or_path, args.attn_implementation)
     if tokenizer.pad_token is None:  # Llama tokenizers have none; padded positions carry no loss
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     if args.gradient_checkpointing:
         lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     lm.config.use_cache = False
+    if args.torch_compile:
+        compile_decoder_layers(lm)
     model = FullModel(lm)
     full_params = lm_params(lm)  # model FLOPs: 6 x these x tokens (common/flops.py)
 
@@ -256,7 +277,7 @@ def main(argv: list[str] | None = None):
     if sft is not None:
         sft_sampler = LengthGroupedBatchSampler([len(x) for x in sft["input_ids"]],
                                                 args.per_device_instruction_batch_size * world, seed=args.seed + 2)
-        sft_collate = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+        sft_collate = instruction_collator(tokenizer)
         streams["sft"] = (sft, sft_sampler, sft_collate)
     steps_per_epoch = max(len(sampler) for _, sampler, _ in streams.values())
     max_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
@@ -287,7 +308,7 @@ def main(argv: list[str] | None = None):
     # [/shared]
 
     loaders = {name: DataLoader(ds, batch_sampler=ShardedBatches(sampler, start_step, rank, world), collate_fn=collate,
-                                num_workers=args.dataloader_num_workers)
+                                num_workers=args.dataloader_num_workers, pin_memory=accelerator.device.type == "cuda")
                for name, (ds, sampler, collate) in streams.items()}
     val_loaders = {lang: DataLoader(ds.select(range(min(len(ds), args.max_eval_blocks))).with_format("torch"),
                                     batch_size=args.per_device_train_batch_size) for lang, ds in val_sets.items()}
@@ -375,6 +396,7 @@ def main(argv: list[str] | None = None):
             if accelerator.device.type == "cuda":
                 logs["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             write_log(logs, step)
+            require_finite(logs, step)
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
             logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
             window, t0 = {k: [] for k in window}, time.perf_counter()
@@ -382,7 +404,7 @@ def main(argv: list[str] | None = None):
         paused = time.perf_counter()
         if step % args.eval_steps == 0 or step == max_steps:
             log_eval(step)
-        if step % args.save_steps == 0 or step == max_steps:
+        if args.save_steps and (step % args.save_steps == 0 or step == max_steps):
             save(step)
         t0 += time.perf_counter() - paused  # throughput counts training time only
         # [/shared]

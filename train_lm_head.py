@@ -28,7 +28,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler
+from transformers import AutoConfig, AutoTokenizer, get_scheduler
 
 from common.args import parse_arguments
 from common.checkpoint import (
@@ -43,7 +43,8 @@ from common.cli import run_main
 from common.data import LengthGroupedBatchSampler, ShardedBatches, load_text_blocks
 from common.demo import demo_config
 from common.distributed import configure_deepspeed, process_group_kwargs
-from common.metrics import language_model_loss
+from common.metrics import language_model_loss, require_finite
+from common.speed import compile_decoder_layers, load_lm
 
 logger = logging.getLogger("train_lm_head")
 DEMO_CONFIG = demo_config("stage2")
@@ -91,6 +92,13 @@ class Arguments:
     bf16: bool = field(default=False, metadata={"help": (
         "bf16 mixed precision (ignored under a DeepSpeed config, which sets its own)."
     )})
+    attn_implementation: str = field(default="sdpa", metadata={"help": (
+        "Attention kernel: sdpa (PyTorch's fused kernels), eager (plain, the reference) or flash_attention_2 "
+        "(needs the flash-attn package)."
+    )})
+    torch_compile: bool = field(default=False, metadata={"help": (
+        "torch.compile each decoder layer (common/speed.py); the first steps are slower while it compiles."
+    )})
     logging_steps: int = field(default=10, metadata={"help": "Log the losses every N steps."})
     eval_steps: int = field(default=100, metadata={"help": (
         "Korean and English validation perplexity every N steps (and at step 0)."
@@ -98,7 +106,9 @@ class Arguments:
     max_eval_blocks: int = field(default=200, metadata={"help": (
         "Use at most this many validation blocks per language."
     )})
-    save_steps: int = field(default=500, metadata={"help": "Write checkpoint-{step} every N steps (and at the end)."})
+    save_steps: int = field(default=500, metadata={"help": (
+        "Write checkpoint-{step} every N steps and at the end; 0 writes none (a benchmark or a dry run)."
+    )})
     save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": (
         "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."
@@ -154,8 +164,10 @@ def main(argv: list[str] | None = None):
 
     # Model: everything frozen but the head.
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32)
+    model = load_lm(args.model_name_or_path, args.attn_implementation)
     model.config.use_cache = False
+    if args.torch_compile:
+        compile_decoder_layers(model)
     head = model.get_output_embeddings()
     if head.weight is model.get_input_embeddings().weight:
         raise ValueError("the LM head is tied to the input embeddings: training it alone would change them too")
@@ -196,7 +208,7 @@ def main(argv: list[str] | None = None):
 
     train_blocks = train_blocks.with_format("torch")
     loader = DataLoader(train_blocks, batch_sampler=ShardedBatches(sampler, start_step, rank, world),
-                        num_workers=args.dataloader_num_workers)
+                        num_workers=args.dataloader_num_workers, pin_memory=accelerator.device.type == "cuda")
     val_loaders = {lang: DataLoader(ds.select(range(min(len(ds), args.max_eval_blocks))).with_format("torch"),
                                     batch_size=args.per_device_train_batch_size) for lang, ds in val_sets.items()}
     # [shared: trackers]
@@ -243,7 +255,7 @@ def main(argv: list[str] | None = None):
     for batch in loader:
         if step >= max_steps:
             break
-        input_ids = batch["input_ids"].to(accelerator.device)
+        input_ids = batch["input_ids"].to(accelerator.device, non_blocking=True)
         loss = model(input_ids=input_ids, labels=input_ids).loss
         accelerator.backward(loss)
         # [shared: optimizer step]
@@ -264,6 +276,7 @@ def main(argv: list[str] | None = None):
             if accelerator.device.type == "cuda":
                 logs["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             write_log(logs, step)
+            require_finite(logs, step)
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
             logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in logs.items()))
             losses, t0 = [], time.perf_counter()
@@ -271,7 +284,7 @@ def main(argv: list[str] | None = None):
         paused = time.perf_counter()
         if step % args.eval_steps == 0 or step == max_steps:
             log_eval(step)
-        if step % args.save_steps == 0 or step == max_steps:
+        if args.save_steps and (step % args.save_steps == 0 or step == max_steps):
             save(step)
         t0 += time.perf_counter() - paused  # throughput counts training time only
         # [/shared]

@@ -1,32 +1,42 @@
 #!/usr/bin/env bash
 # One CUDA GPU, one run: the trainers themselves on the Sheared-LLaMA-1.3B architecture (random weights, the
 # Llama-2 tokenizer, bf16), each reporting its own logged pairs/s, tokens/s, MFU and peak memory:
-#   stage 1 at layer 17 (shared; frozen English copy) and layer 24 (shared: the whole model, the peer's job),
-#   stage 1 with gradient caching at 1,024 pairs a step, stage 3 at 8 blocks of 1,024 tokens,
-#   and the sentence-transformers peer (MultipleNegativesSymmetricRankingLoss) on the same model and pairs.
+#   first bench/check_padding.py (NaN from left padding on this device?); stage 1 at layer 17 (shared;
+#   frozen English copy) and layer 24 (shared: the whole model, the peer's job) beside the
+#   sentence-transformers peer (MultipleNegativesSymmetricRankingLoss) on the same model and pairs; compiled
+#   layers; gradient caching at 1,024 pairs a step in chunks of 128; the frozen copy at 256-512 pairs;
+#   stage 3 at 8 and 16 blocks of 1,024 tokens, and compiled; padding to a multiple of 64; and
+#   bench_throughput on the trainer's first configuration, for the two MFUs to agree. Most important first:
+#   whatever a time limit cuts is at the end. No checkpoints are written (--save_steps 0).
 #
 #   bash bench/gpu_stage1.sh DATA_DIR OUT_DIR
+#   SMOKE=1 bash bench/gpu_stage1.sh DATA_DIR OUT_DIR    # the same commands on a CPU, 64 wide: flags and plumbing
+#   ONLY="padding s1_l17_shared_b128 peer" bash bench/gpu_stage1.sh DATA_DIR OUT_DIR   # some runs only
 # DATA_DIR holds pairs.jsonl, val.jsonl, ko.txt, en.txt and the Llama-2 tokenizer.model. Writes
 # OUT_DIR/summary.txt (one line per run: the last logged window) and OUT_DIR/logs.txt (every run's log.jsonl).
 set -uo pipefail
 DATA=$1 OUT=$2
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-RUNS=/dev/shm/koen  # a 1.3B checkpoint is ~17 GB: written to memory and removed after each run
+QUICK=()  # SMOKE=1: two steps a run
+[ "${SMOKE:-0}" = 1 ] && QUICK=(--max_steps 2 --logging_steps 1)
+RUNS=/tmp/koen_runs  # each run's log.jsonl, removed after the run (no checkpoints are written)
 SUMMARY=$OUT/summary.txt LOGS=$OUT/logs.txt
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$SUMMARY"
 python3 -c "import torch, transformers, accelerate, datasets; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'accelerate', accelerate.__version__, 'datasets', datasets.__version__)" | tee -a "$SUMMARY"
 
-python3 - "$DATA" <<'PY'
+rm -rf /tmp/m13
+python3 - "$DATA" "${SMOKE:-0}" <<'PY'
 import shutil, sys, torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
 shutil.copytree(sys.argv[1], "/tmp/m13", ignore=lambda d, names: [n for n in names if n != "tokenizer.model"])
 tok = LlamaTokenizer.from_pretrained("/tmp/m13", add_bos_token=True)
-cfg = LlamaConfig(vocab_size=len(tok), hidden_size=2048, intermediate_size=5504, num_hidden_layers=24,
-                  num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=4096,
-                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
-with torch.device("cuda"):
+width = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=4) \
+    if sys.argv[2] == "1" else dict(hidden_size=2048, intermediate_size=5504, num_attention_heads=16, num_key_value_heads=16)
+cfg = LlamaConfig(vocab_size=len(tok), num_hidden_layers=24, max_position_embeddings=4096,
+                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, **width)
+with torch.device("cpu" if sys.argv[2] == "1" else "cuda"):
     LlamaForCausalLM(cfg).save_pretrained("/tmp/m13")
 tok.save_pretrained("/tmp/m13")
 PY
@@ -42,28 +52,51 @@ PY
   { echo "== $1"; cat "$2/log.jsonl"; } >> "$LOGS"
 }
 
-stage1() {  # name, flags
-  local name=$1; shift
-  timeout 240 python3 train_contrastive.py --model_name_or_path /tmp/m13 --train_file "$DATA/pairs.jsonl" \
-    --validation_file "$DATA/val.jsonl" --bf16 --learning_rate 2e-5 --max_steps 30 --logging_steps 10 \
-    --eval_steps 1000 --save_steps 1000 --report_to none --output_dir "$RUNS/$name" "$@" > "$OUT/run.log" 2>&1
+stage1() {  # name, seconds allowed, flags
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" python3 train_contrastive.py --model_name_or_path /tmp/m13 --train_file "$DATA/pairs.jsonl" \
+    --bf16 --learning_rate 2e-5 --max_steps 20 --logging_steps 10 --save_steps 0 --report_to none \
+    --output_dir "$RUNS/$name" "$@" "${QUICK[@]}" > "$OUT/run.log" 2>&1
   echo "$name: exit $?" | tee -a "$SUMMARY"
   summarize "$name" "$RUNS/$name" || tail -5 "$OUT/run.log" >> "$SUMMARY"
   rm -rf "$RUNS/$name"
 }
 
-stage1 s1_l17_shared_b128 --pool_layer 17 --per_device_train_batch_size 128
-stage1 s1_l17_frozen_b128 --pool_layer 17 --english_encoder frozen --per_device_train_batch_size 128
-stage1 s1_l24_shared_b64 --pool_layer 24 --per_device_train_batch_size 64
-stage1 s1_l17_shared_b1024_cached --pool_layer 17 --per_device_train_batch_size 1024 --cl_chunk_size 128
+stage3() {  # name, seconds allowed, flags
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" python3 train_full.py --model_name_or_path /tmp/m13 --train_file "$DATA/ko.txt" \
+    --en_train_file "$DATA/en.txt" --block_size 1024 --bf16 --max_steps 20 --logging_steps 10 --save_steps 0 \
+    --report_to none --output_dir "$RUNS/$name" "$@" "${QUICK[@]}" > "$OUT/run.log" 2>&1
+  echo "$name: exit $?" | tee -a "$SUMMARY"
+  summarize "$name" "$RUNS/$name" || tail -5 "$OUT/run.log" >> "$SUMMARY"
+  rm -rf "$RUNS/$name"
+}
 
-timeout 240 python3 train_full.py --model_name_or_path /tmp/m13 --train_file "$DATA/ko.txt" --en_train_file \
-  "$DATA/en.txt" --block_size 1024 --per_device_train_batch_size 8 --bf16 --max_steps 20 --logging_steps 10 \
-  --eval_steps 1000 --save_steps 1000 --report_to none --output_dir "$RUNS/s3" > "$OUT/run.log" 2>&1
-echo "s3_b8x1024: exit $?" | tee -a "$SUMMARY"
-summarize s3_b8x1024 "$RUNS/s3" || tail -5 "$OUT/run.log" >> "$SUMMARY"
-rm -rf "$RUNS/s3"
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }  # ONLY="name ...": just those runs
 
-timeout 120 python3 -m bench.peer_mnsrl /tmp/m13 "$DATA/pairs.jsonl" --batch_size 64 --steps 20 2>"$OUT/run.log" \
-  | tee -a "$SUMMARY" || tail -5 "$OUT/run.log" >> "$SUMMARY"
+want padding && timeout 60 python3 -m bench.check_padding 2>"$OUT/run.log" | tee -a "$SUMMARY"
+want s1_l17_shared_b128 && stage1 s1_l17_shared_b128 120 --pool_layer 17 --per_device_train_batch_size 128
+want s1_l17_frozen_b128 && stage1 s1_l17_frozen_b128 120 --pool_layer 17 --english_encoder frozen \
+  --per_device_train_batch_size 128
+want s1_l24_shared_b64 && stage1 s1_l24_shared_b64 120 --pool_layer 24 --per_device_train_batch_size 64
+want peer && { timeout 120 python3 -m bench.peer_mnsrl /tmp/m13 "$DATA/pairs.jsonl" --batch_size 64 --steps 20 \
+  2>"$OUT/run.log" | tee -a "$SUMMARY" || tail -5 "$OUT/run.log" >> "$SUMMARY"; }
+want s1_l17_shared_b128_compile && stage1 s1_l17_shared_b128_compile 200 --pool_layer 17 \
+  --per_device_train_batch_size 128 --torch_compile --max_steps 30
+want s1_l17_shared_b1024_cached128 && stage1 s1_l17_shared_b1024_cached128 150 --pool_layer 17 \
+  --per_device_train_batch_size 1024 --cl_chunk_size 128
+want s1_l17_frozen_b512 && stage1 s1_l17_frozen_b512 120 --pool_layer 17 --english_encoder frozen \
+  --per_device_train_batch_size 512
+want s1_l17_frozen_b256_compile && stage1 s1_l17_frozen_b256_compile 200 --pool_layer 17 \
+  --english_encoder frozen --per_device_train_batch_size 256 --torch_compile --max_steps 30
+want s3_b8x1024 && stage3 s3_b8x1024 120 --per_device_train_batch_size 8
+want s3_b16x1024 && stage3 s3_b16x1024 120 --per_device_train_batch_size 16
+want s3_b16x1024_compile && stage3 s3_b16x1024_compile 200 --per_device_train_batch_size 16 --torch_compile \
+  --max_steps 30
+want s1_l17_shared_b128_pad64 && stage1 s1_l17_shared_b128_pad64 120 --pool_layer 17 \
+  --per_device_train_batch_size 128 --pad_to_multiple_of 64
+want bench && { timeout 150 python3 -m bench.bench_throughput --model_config sheared-1.3b --bf16 \
+  --train_file "$DATA/pairs.jsonl" --tokenizer /tmp/m13 --scenarios stage1_shared --pool_layer 17 \
+  --batch_sizes 128 --steps 10 --output "$OUT/bench_throughput.json" 2>"$OUT/run.log" | tee -a "$SUMMARY" \
+  || tail -5 "$OUT/run.log" >> "$SUMMARY"; }
 cat "$SUMMARY"

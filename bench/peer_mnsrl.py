@@ -36,8 +36,8 @@ def main() -> None:
 
     def step(i: int) -> None:
         batch = rows[i * args.batch_size : (i + 1) * args.batch_size]
-        features = [{k: v.to(device) for k, v in model.tokenize([r[side] for r in batch]).items()}
-                    for side in ("ko", "en")]
+        features = [{k: v.to(device) if torch.is_tensor(v) else v
+                     for k, v in model.tokenize([r[side] for r in batch]).items()} for side in ("ko", "en")]
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = loss_fn(features, None)
         loss.backward()

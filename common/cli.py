@@ -5,7 +5,8 @@
 
 Expected errors are what a user can fix from the message alone: bad data (``DataError``, which names
 the file and line), bad arguments (``ValueError``), a missing input (``FileNotFoundError``), an output
-folder that a run refuses to touch (``FileExistsError``). They print ``script.py: error: message``
+folder that a run refuses to touch (``FileExistsError``), a loss that went NaN (``FloatingPointError``,
+which names the step). They print ``script.py: error: message``
 and exit with status 2; anything else is a bug and keeps its traceback. ``KOEN_ALIGN_DEBUG=1`` keeps
 the traceback of expected errors too.
 
@@ -17,7 +18,8 @@ process and DeepSpeed launches), so the README's commands for bad-input checks u
 import os
 import sys
 
-EXPECTED = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
+EXPECTED = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            FloatingPointError)
 
 
 def run_main(main, argv: list[str] | None = None, prog: str | None = None) -> None:

@@ -197,7 +197,12 @@ def text_key(ids: Sequence[int]) -> int:
 
 class ParallelCollator:
     """Collate tokenized pairs ``{"ko_ids", "en_ids"}`` into padded tensors, each side padded to its own
-    longest sequence (dynamic padding), optionally to a multiple of 8 for tensor cores.
+    longest sequence (dynamic padding), optionally to a multiple of N for tensor cores.
+
+    Always on the right, whatever the tokenizer's ``padding_side`` (Llama-2's is left): under a causal mask
+    a left pad position attends to nothing, a fully masked row that CUDA attention kernels can turn into
+    NaN, which then reaches the real tokens' gradients (0 x NaN in the weight gradients). On the right,
+    every position sees at least the sentence's first token.
 
     Returns ``ko_input_ids``, ``ko_attention_mask``, ``en_input_ids``, ``en_attention_mask`` (B, T_side),
     and, when the rows carry ``ko_key`` and ``en_key`` (``text_key`` of each side), ``pair_keys`` (B, 2).
@@ -210,9 +215,9 @@ class ParallelCollator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         out = {}
         for side in ("ko", "en"):
-            padded = self.tokenizer.pad(
-                {"input_ids": [r[f"{side}_ids"] for r in rows]},
-                padding="longest", pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt",
+            padded = self.tokenizer.pad(  # on the right, whatever the tokenizer's side (see the docstring)
+                {"input_ids": [r[f"{side}_ids"] for r in rows]}, padding="longest", padding_side="right",
+                pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt",
             )
             out[f"{side}_input_ids"] = padded["input_ids"]
             out[f"{side}_attention_mask"] = padded["attention_mask"]

@@ -3,9 +3,9 @@
 The count is the usual 6 x parameters x tokens for a forward + backward (2 x for a forward without
 gradient), where "parameters" are those the tokens pass through: decoder layers 1..L (embeddings are a
 lookup), plus the LM head for the next-token loss. Attention-score FLOPs are left out (short sentences;
-a few percent at 1,024-token blocks). Tokens are padded tokens as processed. Recomputation (gradient
-checkpointing, gradient caching's second forward) is not model work and is not counted, so it lowers
-MFU. bench/bench_throughput.py and the trainers use these same functions.
+a few percent at 1,024-token blocks). Tokens are real tokens: padding is work but not useful work, nor
+is recomputation (gradient checkpointing, gradient caching's second forward); both lower MFU.
+bench/bench_throughput.py and the trainers use these same functions.
 """
 
 import time

@@ -97,3 +97,13 @@ def language_model_loss(model, batches, device) -> dict[str, float]:
         raise ValueError("no token to score")
     mean = total / count
     return {"loss": mean, "perplexity": math.exp(mean), "tokens": count}
+
+
+def require_finite(logs: dict, step: int, keys: Sequence[str] = ("loss", "cl_loss", "lm_loss")) -> None:
+    """Stop a run whose logged loss is NaN or infinite: the weights are ruined from that step on, and
+    training on would only write ruined checkpoints."""
+    bad = [f"{k}={logs[k]}" for k in keys if k in logs and not math.isfinite(logs[k])]
+    if bad:
+        raise FloatingPointError(f"step {step}: {', '.join(bad)} (the mean of the last logging window): the run "
+                                 "stops; a checkpoint written inside that window may hold the same non-finite "
+                                 "weights. Lower --learning_rate or look at the data of those steps")

@@ -126,6 +126,8 @@ def test_parallel_collator_pads_each_side_dynamically():
     assert out["ko_attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1]]
     assert out["en_input_ids"].shape == (2, 4)
     assert ParallelCollator(tok, pad_to_multiple_of=8)(rows)["en_input_ids"].shape == (2, 8)
+    tok.padding_side = "left"  # as the Llama-2 tokenizer's: the pairs are still padded on the right
+    assert ParallelCollator(tok)(rows)["ko_input_ids"].tolist() == [[1, 5, tok.pad_token_id], [1, 5, 6]]
 
 
 def test_bytes_that_are_not_utf8_name_the_line(tmp_path):

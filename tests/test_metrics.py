@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from common.data import sample_indices
-from common.metrics import alignment_metrics
+from common.metrics import alignment_metrics, require_finite
 
 
 def test_alignment_metrics_by_hand():
@@ -256,3 +256,11 @@ def test_sample_indices_equal_the_reference_allocation():
         assert len(idx) == min(n, len(sources)) and idx == sorted(set(idx))
         if n >= len(sizes):
             assert set(counts_by_source(sources, idx)) == set(sizes)  # every source seen
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step():
+    require_finite({"cl_loss": 2.0, "lr": float("nan")}, 10)  # only losses are checked
+    with pytest.raises(FloatingPointError, match=r"step 20: cl_loss=nan"):
+        require_finite({"cl_loss": float("nan"), "lm_loss": 1.0}, 20)
+    with pytest.raises(FloatingPointError, match=r"loss=inf"):
+        require_finite({"loss": float("inf")}, 30)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, DataCollatorForSeq2Seq, LlamaTokenizer
+from transformers import AutoTokenizer, LlamaTokenizer
 
 import train_full
 import train_lm_head
@@ -137,7 +137,13 @@ def test_instruction_prompt_tokens_carry_no_loss(tiny_model):
         n_prompt = row["labels"].count(-100)
         assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
         assert row["input_ids"][-1] == tokenizer.eos_token_id
-    batch = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)(rows)
+    tokenizer.padding_side = "left"  # as the Llama-2 tokenizer's: the trainer's collator pads on the right anyway
+    batch = train_full.instruction_collator(tokenizer)(rows)
+    lengths = batch["attention_mask"].sum(dim=1)
+    r, short = int(lengths.argmin()), int(lengths.min())  # the shorter row: its padding is at the end
+    assert short < batch["attention_mask"].shape[1]
+    assert batch["attention_mask"][r, :short].all() and not batch["attention_mask"][r, short:].any()
+    assert (batch["labels"][r, short:] == -100).all()
     lm = tiny_llama(len(tokenizer), hidden_size=64, num_layers=2, seed=1)
     model = train_full.FullModel(lm)
     _, sft_loss = model(input_ids=batch["input_ids"][:, :4], sft_input_ids=batch["input_ids"],
