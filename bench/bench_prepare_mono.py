@@ -5,10 +5,13 @@ The inputs are word-shuffled copies of ../shared/data/mono_ko/kowiki (wiki-extra
 without it, data/demo/mono_ko_train.txt): copy k shuffles the words of every line with seed k, so
 the copies are new documents (not removed as duplicates) with the same characters, words and
 document lengths. The sizes are prefixes of one stream, so a larger input holds the smaller ones.
-Each (size, N) is one ``python -m data_prep.prepare_mono --tokenizer ... --num_proc N`` process;
-``seconds`` is the script's own time (stats.json: after interpreter start-up and imports, tokenizer
-loading included), MB/s is input MB over it, peak memory is the largest memory of the script and its
-workers together (PSS, so pages the forked workers share count once; sampled every 50 ms). Every N's
+Each (size, N) runs ``python -m data_prep.prepare_mono --tokenizer ... --num_proc N`` once to sample its
+memory and ``--repeats`` times (the Ns interleaved) to time it, unsampled: sampling a 60 MB run's three
+processes costs about 25 ms of CPU a sample, which at 20 samples a second took a third of a core from a
+2-core machine and slowed N = 2 the most. ``seconds`` is the script's own time (stats.json: after
+interpreter start-up and imports, tokenizer loading included; the median over the repeats), MB/s is input
+MB over it, peak memory is the largest memory of the script and its workers together (PSS, so pages the
+forked workers share count once; sampled every 50 ms). Every N's
 blocks are checked equal to N = 1's. The tokenizer is the Llama-2 one (../shared/data/llama2_tokenizer) when it
 loads, else the demo model's. TOKENIZERS_PARALLELISM=false, unless --tokenizer_threads: each worker
 tokenizes on one thread anyway, and so N = 1 uses one core too (with the Rust tokenizer's thread pool
@@ -23,6 +26,7 @@ assumes this machine's per-core speed and linear scaling of the workers.
     python -m bench.bench_prepare_mono                          # 15, 30, 60 MB x N = 1, 2 (a couple of minutes)
     python -m bench.bench_prepare_mono --sizes_mb 60 --num_procs 1,2,4,8,16 --cores 16
     python -m bench.bench_prepare_mono --compare_ref HEAD      # + that commit's prepare_mono.py, largest size, N = 1
+    python -m bench.bench_prepare_mono --sizes_mb 60 --repeats 5   # N = 1 and 2 interleaved, five times: medians
 
 Run from the repository root, with the project installed (``pip install -e .``).
 """
@@ -67,6 +71,9 @@ class Arguments:
                 "(the Rust tokenizer's own pool); default: set it to false, so that N processes use N cores."})
     compare_ref: str | None = field(default=None, metadata={
         "help": "A git ref whose data_prep/prepare_mono.py also runs (N = 1, the largest size) as the baseline."})
+    repeats: int = field(default=1, metadata={"help": (
+        "Runs of every (size, N), the Ns interleaved; rows report the median (this machine's speed drifts)."
+    )})
     work_dir: str | None = field(default=None, metadata={"help": "Where inputs and outputs go; unset: a temp dir."})
     output: str = field(default="bench/results_prepare_mono.json", metadata={"help": "Where the JSON results go."})
 
@@ -168,14 +175,18 @@ def memory(process: psutil.Process) -> int:
         return process.memory_info().rss
 
 
-def run_one(cmd: list[str], out: Path, env: dict) -> dict:
-    """Run ``cmd``; wall time, the peak memory of it and its children together and of it alone, and
-    its stats.json."""
+def run_one(cmd: list[str], out: Path, env: dict, sample_memory: bool = True) -> dict:
+    """Run ``cmd``; wall time, its stats.json and, with ``sample_memory``, the peak memory of it and its
+    children together and of it alone. Sampling is not free (about 25 ms of CPU a sample of a 60 MB run's
+    three processes, a third of a core at 20 samples a second), so timed runs do not sample."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ps = psutil.Process(proc.pid)
     peak_tree = peak_main = 0
     while proc.poll() is None:
+        if not sample_memory:
+            proc.wait()
+            break
         try:
             main_mem = memory(ps)
             tree = main_mem + sum(memory(c) for c in ps.children(recursive=True))
@@ -215,19 +226,39 @@ def main(argv: list[str] | None = None) -> dict:
     print(header)
     for size in sizes:
         mb = input_bytes(folders[size]) / 1e6
-        digests = {}
-        for n in procs:
+        digests, runs, mem = {}, {n: [] for n in procs}, {}
+
+        def prepare(n: int, sample_memory: bool) -> dict:
             out = work / "out"
             shutil.rmtree(out, ignore_errors=True)
             cmd = [sys.executable, "-m", "data_prep.prepare_mono", "--inputs", str(folders[size]), "--lang", "ko",
                    "--tokenizer", tokenizer, "--block_size", str(args.block_size), "--num_proc", str(n),
                    "--output_dir", str(out)]
-            row = {"label": f"num_proc={n}", "input_mb": round(mb, 2), "num_proc": n, **run_one(cmd, out, env)}
+            result = run_one(cmd, out, env, sample_memory)
             digests[n] = blocks_digest(out / "train_blocks")
+            return result
+
+        # One run of each N samples memory; then the timed runs, unsampled, each repeat running every N in turn
+        # so that the Ns compared are measured moments apart. A row is the repeat of median time, its speed-up
+        # the median over repeats of (the first N's time / this N's time).
+        for n in procs:
+            mem[n] = prepare(n, sample_memory=True)
+        for _ in range(args.repeats):
+            for n in procs:
+                runs[n].append(prepare(n, sample_memory=False))
+                if args.repeats > 1:
+                    print(f"  {mb:.1f} MB, N = {n}: {runs[n][-1]['seconds']:.2f} s", flush=True)
+        for n in procs:
+            seconds = [r["seconds"] for r in runs[n]]
+            median = sorted(runs[n], key=lambda r: r["seconds"])[len(seconds) // 2]
+            row = {"label": f"num_proc={n}", "input_mb": round(mb, 2), "num_proc": n, **median,
+                   "peak_mem_mb": mem[n]["peak_mem_mb"], "peak_mem_main_mb": mem[n]["peak_mem_main_mb"],
+                   "seconds_each_repeat": seconds}
             row["identical_to_n1"] = digests[n] == digests[procs[0]]
             row["mb_per_s"] = round(mb / row["seconds"], 2)
-            base = next((r for r in rows if r["input_mb"] == row["input_mb"] and r["num_proc"] == procs[0]), row)
-            row["speedup"] = round(base["seconds"] / row["seconds"], 2)
+            ratios = [a["seconds"] / b["seconds"] for a, b in zip(runs[procs[0]], runs[n])]
+            row["speedup"] = round(sorted(ratios)[len(ratios) // 2], 2)
+            row["speedup_each_repeat"] = [round(x, 2) for x in ratios]
             rows.append(row)
             cpu = row["cpu_seconds"] or {}
             print(f"{mb:8.1f} {n:3d} {row['seconds']:8.2f} {row['mb_per_s']:6.2f} {row['speedup']:7.2f}x "
@@ -276,8 +307,10 @@ def summarize(rows: list[dict], sizes: list[float], procs: list[int], cores: int
         for n in procs[1:]:
             s = at[(large, n)]["speedup"]
             out[f"speedup_n{n}_{large:g}MB"] = s
+            each = at[(large, n)]["speedup_each_repeat"]
             lines.append(f"speed-up with {n} processes on {large:g} MB: {s:.2f}x "
-                         f"({at[(large, procs[0])]['seconds']:.1f} s -> {at[(large, n)]['seconds']:.1f} s)")
+                         f"({at[(large, procs[0])]['seconds']:.1f} s -> {at[(large, n)]['seconds']:.1f} s)"
+                         + (f"; each repeat: {', '.join(f'{x:.2f}x' for x in each)}" if len(each) > 1 else ""))
     for n in procs:
         mem = at[(large, n)]["peak_mem_mb"] / at[(small, n)]["peak_mem_mb"]
         speed = at[(large, n)]["mb_per_s"] / at[(small, n)]["mb_per_s"]
