@@ -199,10 +199,11 @@ class ParallelCollator:
     """Collate tokenized pairs ``{"ko_ids", "en_ids"}`` into padded tensors, each side padded to its own
     longest sequence (dynamic padding), optionally to a multiple of N for tensor cores.
 
-    Always on the right, whatever the tokenizer's ``padding_side`` (Llama-2's is left): under a causal mask
-    a left pad position attends to nothing, a fully masked row that CUDA attention kernels can turn into
-    NaN, which then reaches the real tokens' gradients (0 x NaN in the weight gradients). On the right,
-    every position sees at least the sentence's first token.
+    Always on the right, whatever the tokenizer's ``padding_side`` (Llama-2's is left). On one H200 (bf16,
+    sdpa, the 1.3B architecture), three stage-1 runs padded on the left reached a NaN loss within 20 steps
+    and the same runs padded on the right did not. Under a causal mask a left pad position attends to
+    nothing (a fully masked row), the likely cause, though a 4-layer check (bench/check_padding.py) did not
+    reproduce it; on the right every position sees at least the sentence's first token.
 
     Returns ``ko_input_ids``, ``ko_attention_mask``, ``en_input_ids``, ``en_attention_mask`` (B, T_side),
     and, when the rows carry ``ko_key`` and ``en_key`` (``text_key`` of each side), ``pair_keys`` (B, 2).

@@ -166,3 +166,10 @@ def test_lm_head_block_size_defaults_to_the_model_context(tmp_path, reset_accele
                         "--per_device_train_batch_size", "2"])
     assert json.loads((tmp_path / "o" / "checkpoint-1" / "training_args.json").read_text())["block_size"] == 128
     shutil.rmtree(tmp_path / "o")
+
+
+def test_a_loss_that_goes_nan_stops_the_run_before_it_is_saved(tiny_model, tmp_path):
+    with pytest.raises(FloatingPointError, match=r"step 2: cl_loss=nan"):
+        run(tiny_model, tmp_path / "out", "--learning_rate", "1e30", "--max_grad_norm", "0", "--max_steps", "6",
+            "--logging_steps", "2", "--save_steps", "2")
+    assert not list((tmp_path / "out").glob("checkpoint-*")), "a checkpoint of non-finite weights was written"
