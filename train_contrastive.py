@@ -58,6 +58,7 @@ from common.data import (
     load_text_blocks,
     sample_indices,
     text_key,
+    trim_padding,
 )
 from common.demo import demo_config
 from common.distributed import (
@@ -529,7 +530,8 @@ def combine_gradients(params: list[nn.Parameter], names: list[str], cl_term: Ten
 
 
 def cached_backward(accelerator, model, batch: dict, chunk_size: int, *, english_encoder, lm_input_ids,
-                    cl_weight: float, lm_weight: float, mix_entropy_weight: float, **loss_kwargs) -> tuple:
+                    cl_weight: float, lm_weight: float, mix_entropy_weight: float, pad_to_multiple_of: int = 0,
+                    **loss_kwargs) -> tuple:
     """Gradient caching (Gao et al. 2021, GradCache): the contrastive step on ``batch`` with the activations
     of ``chunk_size`` pairs at a time, and the gradients of the whole batch. Returns (total, cl_loss, lm_loss,
     mix_entropy) like one ordinary forward; the gradients are left in ``.grad``.
@@ -546,18 +548,19 @@ def cached_backward(accelerator, model, batch: dict, chunk_size: int, *, english
     ``accelerator.backward``, is on it, where the engine steps."""
     deepspeed = accelerator.state.deepspeed_plugin is not None
     n = batch["ko_input_ids"].shape[0]
-    chunks = [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
+    slices = [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
+    # each chunk padded to its own longest sentence, not the whole batch's
+    chunks = [trim_padding({k: v[s] for k, v in batch.items()}, pad_to_multiple_of) for s in slices]
     with torch.no_grad():  # no graph: nothing for DDP or the ZeRO engine to reduce
-        parts = [model(**{k: v[s] for k, v in batch.items()}, english_encoder=english_encoder)[:2] for s in chunks]
+        parts = [model(**chunk, english_encoder=english_encoder)[:2] for chunk in chunks]
     ko = torch.cat([p[0] for p in parts]).requires_grad_()
     en = torch.cat([p[1] for p in parts]).requires_grad_()
     _, cl_loss, _ = step_losses(ko, en, None, cl_weight=cl_weight, lm_weight=0.0, **loss_kwargs)
     (cl_weight * cl_loss).backward()
-    for i, s in enumerate(chunks):
+    for i, (s, chunk) in enumerate(zip(slices, chunks)):
         last = i == len(chunks) - 1
         with nullcontext() if last or deepspeed else accelerator.no_sync(model):
-            ko_c, en_c, lm_loss, mix_entropy = model(**{k: v[s] for k, v in batch.items()},
-                                                     english_encoder=english_encoder,
+            ko_c, en_c, lm_loss, mix_entropy = model(**chunk, english_encoder=english_encoder,
                                                      lm_input_ids=lm_input_ids if last else None)
             surrogate = (ko_c * ko.grad[s]).sum() + (en_c * en.grad[s]).sum()
             if last and lm_loss is not None:
@@ -847,6 +850,7 @@ def main(argv: list[str] | None = None):
             loss, cl_loss, lm_loss, mix_entropy = cached_backward(
                 accelerator, model, batch, args.cl_chunk_size, english_encoder=frozen_en, lm_input_ids=lm_batch,
                 cl_weight=args.cl_weight, lm_weight=lm_weight, mix_entropy_weight=args.mix_entropy_weight,
+                pad_to_multiple_of=args.pad_to_multiple_of,
                 temperature=args.temperature, symmetric=args.symmetric,
                 pair_keys=pair_keys if args.mask_duplicates else None)
         else:

@@ -227,6 +227,20 @@ class ParallelCollator:
         return out
 
 
+def trim_padding(batch: dict[str, torch.Tensor], multiple: int | None = None) -> dict[str, torch.Tensor]:
+    """``batch`` (ParallelCollator's output, or rows of it) with each side cut to its own longest sentence,
+    rounded up to a ``multiple``: the same as collating those rows alone. Gradient caching's chunks would
+    otherwise carry the padding of the whole batch's longest sentence."""
+    out = dict(batch)
+    for side in ("ko", "en"):
+        mask = batch[f"{side}_attention_mask"]
+        n = int(mask.sum(dim=1).max())  # right padding: the real tokens are a prefix
+        if multiple:
+            n = -(-n // multiple) * multiple
+        out[f"{side}_input_ids"], out[f"{side}_attention_mask"] = batch[f"{side}_input_ids"][:, :n], mask[:, :n]
+    return out
+
+
 def dataset_from_rows(iter_rows, path: str, empty: str = "no data", **kwargs) -> Dataset:
     """A cached ``Dataset`` of the rows ``iter_rows(path, **kwargs)`` yields, rebuilt when the file,
     the reader or its arguments change. A ``DataError`` raised while reading surfaces as itself

@@ -14,6 +14,7 @@ from common.data import (
     iter_packed_blocks,
     iter_parallel_jsonl,
     load_text_blocks,
+    trim_padding,
 )
 from common.demo import train_demo_tokenizer
 
@@ -128,6 +129,20 @@ def test_parallel_collator_pads_each_side_dynamically():
     assert ParallelCollator(tok, pad_to_multiple_of=8)(rows)["en_input_ids"].shape == (2, 8)
     tok.padding_side = "left"  # as the Llama-2 tokenizer's: the pairs are still padded on the right
     assert ParallelCollator(tok)(rows)["ko_input_ids"].tolist() == [[1, 5, tok.pad_token_id], [1, 5, 6]]
+
+
+@pytest.mark.parametrize("multiple", [None, 4])
+def test_a_chunk_trimmed_of_padding_is_the_chunk_collated_alone(multiple):
+    tok = train_demo_tokenizer(["a b c d e", "가 나 다"])
+    rows = [{"ko_ids": [1] + [5] * n, "en_ids": [1] + [6] * (9 - n)} for n in (1, 7, 2, 3, 8, 1)]
+    collate = ParallelCollator(tok, pad_to_multiple_of=multiple)
+    whole = collate(rows)
+    for chunk in (slice(0, 1), slice(2, 4), slice(4, 6)):
+        trimmed = trim_padding({k: v[chunk] for k, v in whole.items()}, multiple)
+        alone = collate(rows[chunk])
+        assert trimmed.keys() == alone.keys()
+        for key in alone:
+            assert torch.equal(trimmed[key], alone[key]), (chunk, key)
 
 
 def test_bytes_that_are_not_utf8_name_the_line(tmp_path):
