@@ -549,7 +549,8 @@ def cached_backward(accelerator, model, batch: dict, chunk_size: int, *, english
     deepspeed = accelerator.state.deepspeed_plugin is not None
     n = batch["ko_input_ids"].shape[0]
     slices = [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
-    # each chunk padded to its own longest sentence, not the whole batch's
+    # each chunk padded to its own longest sentence, not the whole batch's (one host sync a chunk, small next
+    # to a chunk's forward)
     chunks = [trim_padding({k: v[s] for k, v in batch.items()}, pad_to_multiple_of) for s in slices]
     with torch.no_grad():  # no graph: nothing for DDP or the ZeRO engine to reduce
         parts = [model(**chunk, english_encoder=english_encoder)[:2] for chunk in chunks]
