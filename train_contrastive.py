@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from datasets import Dataset
@@ -110,6 +111,11 @@ class Arguments:
     pad_to_multiple_of: int = field(default=8, metadata={"help": (
         "Pad each batch's sentences to a multiple of N tokens (tensor-core friendly shapes, and fewer distinct "
         "shapes under --torch_compile); 0 pads to the longest only. Padding is masked: it changes no result."
+    )})
+    joint_forward: bool = field(default=False, metadata={"help": (
+        "With the English side shared: encode a step's Korean and English sentences in one forward, both padded "
+        "to the longer side (half the forwards, twice the rows per matrix product, more padding); the same "
+        "vectors. Not with --english_encoder frozen."
     )})
     dataloader_num_workers: int = field(default=0, metadata={"help": (
         "DataLoader worker processes per training process."
@@ -324,6 +330,9 @@ def check_args(args: Arguments, num_layers: int) -> list[int]:
     if (args.objective_balance == "pcgrad" or args.grad_conflict_steps) and not (args.cl_weight and args.lm_weight):
         raise ValueError("--objective_balance pcgrad and --grad_conflict_steps compare the contrastive and the LM "
                          "gradients: they need --cl_weight > 0 and --lm_weight > 0")
+    if args.joint_forward and args.english_encoder == "frozen":
+        raise ValueError("--joint_forward encodes both sides with the trained model: not with --english_encoder "
+                         "frozen")
     if args.pad_to_multiple_of < 0:
         raise ValueError(f"--pad_to_multiple_of must be >= 0, got {args.pad_to_multiple_of}")
     if args.cl_chunk_size < 0 or (args.cl_chunk_size and (args.objective_balance == "pcgrad"
@@ -395,17 +404,19 @@ class ContrastiveModel(nn.Module):
     excluded when ``exclude_bos``. ``forward`` returns the Korean vectors (B, D), the English vectors
     (B, D) and the LM loss on ``lm_input_ids`` (or None). The English side goes through ``encode`` like
     the Korean one, through the trained LM or through ``english_encoder`` (a frozen copy, run without
-    gradient; the mixture, trainable, still applies to its layers, so it sees both languages).
+    gradient; the mixture, trainable, still applies to its layers, so it sees both languages). With
+    ``joint`` and no frozen copy, the two sides go through one forward, each padded (on the right) to the
+    longer side: the same vectors, half the forwards, more padding.
     """
 
     def __init__(self, lm: nn.Module, *, layers: list[int], pooling: str = "mean", exclude_bos: bool = True,
-                 bos_token_id: int | None = None, mixture: LayerMixture | None = None):
+                 bos_token_id: int | None = None, mixture: LayerMixture | None = None, joint: bool = False):
         super().__init__()
         if mixture is not None and list(mixture.layers) != list(layers):
             raise ValueError(f"the mixture is over layers {mixture.layers}, the model pools {layers}")
         if mixture is None and len(layers) != 1:
             raise ValueError(f"several layers {layers} need a mixture")
-        self.lm, self.mixture = lm, mixture
+        self.lm, self.mixture, self.joint = lm, mixture, joint
         self.pool_kwargs = dict(layers=list(layers), pooling=pooling, exclude_bos=exclude_bos,
                                 bos_token_id=bos_token_id)
         self.config = lm.config  # DeepSpeed's "auto" bucket sizes are read from model.config
@@ -433,7 +444,12 @@ class ContrastiveModel(nn.Module):
         """(ko, en, lm_loss, mix_entropy): without pairs (the no-CL control) ko and en are None; without a
         mixture, mix_entropy is None (else H(w) = -sum_k w_k log w_k of the layer weights)."""
         ko = en = None
-        if ko_input_ids is not None:
+        if ko_input_ids is not None and self.joint and english_encoder is None:
+            width = max(ko_input_ids.shape[1], en_input_ids.shape[1])
+            ids = torch.cat([F.pad(x, (0, width - x.shape[1])) for x in (ko_input_ids, en_input_ids)])
+            mask = torch.cat([F.pad(m, (0, width - m.shape[1])) for m in (ko_attention_mask, en_attention_mask)])
+            ko, en = self.encode(ids, mask).split(ko_input_ids.shape[0])
+        elif ko_input_ids is not None:
             ko = self.encode(ko_input_ids, ko_attention_mask)
             en = self.encode(en_input_ids, en_attention_mask, encoder=english_encoder)
         lm_loss = self.lm(input_ids=lm_input_ids, labels=lm_input_ids).loss if lm_input_ids is not None else None
@@ -687,7 +703,7 @@ def main(argv: list[str] | None = None):
     trunc_params, full_params = layer_params(lm, max(layers)), lm_params(lm)
     mixture = LayerMixture(layers, args.mix_temperature, normalize=args.mix_normalize) if args.mix_layers else None
     model = ContrastiveModel(lm, layers=layers, pooling=args.pooling, exclude_bos=not args.include_bos,
-                             bos_token_id=tokenizer.bos_token_id, mixture=mixture)
+                             bos_token_id=tokenizer.bos_token_id, mixture=mixture, joint=args.joint_forward)
     logger.info("representation: %s of layer(s) %s; %d trainable parameter tensors; English encoder %s",
                 args.pooling, layers, len(trainable), args.english_encoder)
 
@@ -827,6 +843,8 @@ def main(argv: list[str] | None = None):
         pairs, lm_cpu = batches[0], [b["input_ids"] for b in batches[1:]]
         lm_tokens = sum(b.numel() for b in lm_cpu) if args.lm_weight else 0
         padded = pairs["ko_input_ids"].numel() + pairs["en_input_ids"].numel() if args.cl_weight else 0
+        if args.joint_forward and args.cl_weight:  # both sides padded to the longer one
+            padded = 2 * max(pairs["ko_input_ids"].numel(), pairs["en_input_ids"].numel())
         real = int(pairs["ko_attention_mask"].sum() + pairs["en_attention_mask"].sum()) if args.cl_weight else 0
         work += torch.tensor([real + lm_tokens, padded + lm_tokens, stage1_flops(  # on real tokens: padding is waste
             trunc_params if args.cl_weight else 0, int(pairs["ko_attention_mask"].sum()),

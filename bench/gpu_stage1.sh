@@ -95,11 +95,16 @@ want s3_b16x1024_compile && stage3 s3_b16x1024_compile 200 --per_device_train_ba
   --max_steps 30
 want s1_l17_shared_b128_pad64 && stage1 s1_l17_shared_b128_pad64 120 --pool_layer 17 \
   --per_device_train_batch_size 128 --pad_to_multiple_of 64
-# the next levers for stage 1's MFU: compiled and chunked together, larger chunks, a larger batch compiled
+# the next levers for stage 1's MFU: compiled and chunked together, larger chunks, a larger batch compiled,
+# both sides in one forward
 want s1_l17_shared_b1024_cached256_compile && stage1 s1_l17_shared_b1024_cached256_compile 240 --pool_layer 17 \
   --per_device_train_batch_size 1024 --cl_chunk_size 256 --torch_compile --max_steps 30
 want s1_l17_shared_b512_compile && stage1 s1_l17_shared_b512_compile 240 --pool_layer 17 \
   --per_device_train_batch_size 512 --torch_compile --max_steps 30
+want s1_l17_shared_b128_joint && stage1 s1_l17_shared_b128_joint 120 --pool_layer 17 \
+  --per_device_train_batch_size 128 --joint_forward
+want s1_l17_shared_b128_joint_compile && stage1 s1_l17_shared_b128_joint_compile 200 --pool_layer 17 \
+  --per_device_train_batch_size 128 --joint_forward --torch_compile --max_steps 30
 want bench && { timeout 150 python3 -m bench.bench_throughput --model_config sheared-1.3b --bf16 \
   --train_file "$DATA/pairs.jsonl" --tokenizer /tmp/m13 --scenarios stage1_shared --pool_layer 17 \
   --batch_sizes 128 --steps 10 --output "$OUT/bench_throughput.json" 2>"$OUT/run.log" | tee -a "$SUMMARY" \

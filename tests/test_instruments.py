@@ -203,6 +203,7 @@ def test_measuring_the_conflict_does_not_change_the_training(tiny_model, tmp_pat
     ["--pool_layer", "3"],
     ["--english_encoder", "frozen", "--mix_layers", "1-3", "--mix_learning_rate", "0.05"],
     ["--lm_weight", "0.5", "--lm_train_file", KO_TEXT, "--block_size", "32", "--per_device_lm_batch_size", "2"],
+    ["--pool_layer", "2", "--joint_forward"],
 ])
 def test_gradient_caching_equals_the_whole_batch(tiny_model, tmp_path, reset_accelerate, variant):
     """--cl_chunk_size: 8 steps in chunks of 3 pairs (16 a step: uneven chunks) against the unchunked run."""

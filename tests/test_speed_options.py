@@ -1,5 +1,6 @@
-"""The speed options change the speed only: padding to a multiple of 64, another attention kernel and
-compiled decoder layers give the same losses step for step; --save_steps 0 writes no checkpoint."""
+"""The speed options change the speed only: padding to a multiple of 64, another attention kernel,
+compiled decoder layers and both sides in one forward give the same losses step for step; --save_steps 0
+writes no checkpoint."""
 
 import json
 from pathlib import Path
@@ -28,7 +29,8 @@ def stage1(model: Path, out: Path, *extra: str) -> list[float]:
     ["--pad_to_multiple_of", "64"],
     ["--attn_implementation", "eager"],
     ["--torch_compile"],
-], ids=["pad64", "eager", "compile"])
+    ["--joint_forward"],
+], ids=["pad64", "eager", "compile", "joint"])
 def test_stage1_speed_options_change_no_loss(tiny_pair_model, tmp_path, flags):
     reference = stage1(tiny_pair_model, tmp_path / "reference")
     assert len(reference) == 3

@@ -171,6 +171,8 @@ def test_bad_parallel_line_names_file_and_line(tiny_model, tmp_path):
     (["--pool_layer", "1", "--mix_layers", "1-2"], "not both"),
     (["--lm_weight", "0.5"], "--lm_train_file"),
     (["--english_encoder", "copy"], "--english_encoder must be one of"),
+    (["--joint_forward", "--english_encoder", "frozen"], "not with --english_encoder frozen"),
+    (["--pad_to_multiple_of", "-8"], "--pad_to_multiple_of must be >= 0"),
 ])
 def test_bad_arguments_fail_before_the_model_is_loaded(tmp_path, flags, message):
     # a folder with a config but no weights: loading the model would fail with another error
