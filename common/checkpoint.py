@@ -31,11 +31,13 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 # Arguments that may change on resume: they do not change the model, the data, the batch plan or the
-# schedule. Everything else in training_args.json must match (see ``resume_argument_changes``).
+# schedule (the speed options give the same losses: tests/test_speed_options.py). Everything else in
+# training_args.json must match (see ``resume_argument_changes``).
 BOOKKEEPING = {
     "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "logging_steps", "eval_steps", "save_steps",
     "save_total_limit", "save_state_limit", "report_to", "dataloader_num_workers", "preprocessing_num_workers",
-    "max_eval_pairs", "max_eval_blocks",
+    "max_eval_pairs", "max_eval_blocks", "torch_compile", "attn_implementation", "pad_to_multiple_of",
+    "joint_forward",
 }
 STATE = "accelerate_state"
 

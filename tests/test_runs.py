@@ -91,10 +91,11 @@ def test_resume_refuses_arguments_that_change_the_run(tiny_model, tmp_path, rese
 
 def test_resume_accepts_bookkeeping_changes():
     saved = {"eval_steps": 100, "save_steps": 2, "report_to": "none", "seed": 42, "train_file": TRAIN}
-    current = {**saved, "eval_steps": 5, "report_to": "tensorboard", "train_file": os.path.relpath(TRAIN)}
+    current = {**saved, "eval_steps": 5, "report_to": "tensorboard", "train_file": os.path.relpath(TRAIN),
+               "torch_compile": True}  # a speed option: a run may resume compiled on another machine
     refused, allowed = resume_argument_changes(saved, current)
     assert refused == []  # the same file named another way is the same file
-    assert [line.split(":")[0] for line in allowed] == ["--eval_steps", "--report_to"]
+    assert [line.split(":")[0] for line in allowed] == ["--eval_steps", "--report_to", "--torch_compile"]
 
 
 def write_checkpoint(folder: Path, step: int, processes: int, states: list[int], export=True):
