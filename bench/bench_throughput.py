@@ -171,7 +171,8 @@ def main(argv=None):
     # the trainers' peak (the data sheet's for a known GPU, else measured), so that both MFUs are one figure;
     # the large matrix product measured here is printed beside it
     dtype = torch.bfloat16 if args.bf16 else torch.float32
-    peak, measured = peak_flops(device, dtype), peak_flops(device, dtype, measure=True)
+    measured = peak_flops(device, dtype, measure=True)
+    peak = peak_flops(device, dtype) if device.type == "cuda" else measured  # a CPU has no data sheet here
     collate = ParallelCollator(tokenizer, pad_to_multiple_of=8 if device.type == "cuda" else None)
     lengths = [len(a) + len(b) for a, b in zip(ko, en)]
 

@@ -9,6 +9,7 @@ import pytest
 
 import train_contrastive as tc
 import train_full
+from common.pooling import find_decoder_layers
 
 pytestmark = pytest.mark.usefixtures("reset_accelerate")
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
@@ -19,9 +20,12 @@ def losses(out: Path, key: str) -> list[float]:
 
 
 def stage1(model: Path, out: Path, *extra: str) -> list[float]:
-    tc.main(["--model_name_or_path", str(model), "--train_file", str(DEMO / "train.jsonl"), "--output_dir", str(out),
-             "--per_device_train_batch_size", "8", "--max_steps", "3", "--logging_steps", "1", "--report_to", "none",
-             "--save_steps", "0", "--pad_to_multiple_of", "0", *extra])
+    trained, _ = tc.main(["--model_name_or_path", str(model), "--train_file", str(DEMO / "train.jsonl"),
+                          "--output_dir", str(out), "--per_device_train_batch_size", "8", "--max_steps", "3",
+                          "--logging_steps", "1", "--report_to", "none", "--save_steps", "0",
+                          "--pad_to_multiple_of", "0", *extra])
+    compiled = [getattr(layer, "_compiled_call_impl", None) is not None for layer in find_decoder_layers(trained.lm)]
+    assert all(compiled) if "--torch_compile" in extra else not any(compiled)  # the option did what it says
     return losses(out, "cl_loss")
 
 
