@@ -845,10 +845,10 @@ def main(argv: list[str] | None = None):
         padded = pairs["ko_input_ids"].numel() + pairs["en_input_ids"].numel() if args.cl_weight else 0
         if args.joint_forward and args.cl_weight:  # both sides padded to the longer one
             padded = 2 * max(pairs["ko_input_ids"].numel(), pairs["en_input_ids"].numel())
-        real = int(pairs["ko_attention_mask"].sum() + pairs["en_attention_mask"].sum()) if args.cl_weight else 0
-        work += torch.tensor([real + lm_tokens, padded + lm_tokens, stage1_flops(  # on real tokens: padding is waste
-            trunc_params if args.cl_weight else 0, int(pairs["ko_attention_mask"].sum()),
-            int(pairs["en_attention_mask"].sum()), frozen_en is not None, full_params, lm_tokens)], dtype=torch.float64)
+        # real tokens of each side (none when the pairs are not encoded): the FLOPs count them, not the padding
+        ko_real, en_real = (int(pairs[f"{s}_attention_mask"].sum()) if args.cl_weight else 0 for s in ("ko", "en"))
+        work += torch.tensor([ko_real + en_real + lm_tokens, padded + lm_tokens, stage1_flops(
+            trunc_params, ko_real, en_real, frozen_en is not None, full_params, lm_tokens)], dtype=torch.float64)
         batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in pairs.items()}
         pair_keys = batch.pop("pair_keys")
         if args.cl_weight == 0:  # the no-CL control: the pairs are not even encoded
