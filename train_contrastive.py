@@ -72,7 +72,7 @@ from common.distributed import (
 from common.flops import layer_params, lm_params, peak_flops, stage1_flops
 from common.losses import duplicate_mask, gather, info_nce
 from common.metrics import alignment_metrics, require_finite
-from common.pooling import LayerMixture, pooled_layers
+from common.pooling import LayerMixture, is_llama_family, pack_sentences, pooled_layers
 from common.speed import compile_decoder_layers, load_lm
 
 logger = logging.getLogger("train_contrastive")
@@ -116,6 +116,12 @@ class Arguments:
         "With the English side shared: encode a step's Korean and English sentences in one forward, both padded "
         "to the longer side (half the forwards, twice the rows per matrix product, more padding); the same "
         "vectors. Not with --english_encoder frozen."
+    )})
+    pack_length: int = field(default=0, metadata={"help": (
+        "Pack each forward's sentences end to end, without padding, into rows of N tokens (wider for a longer "
+        "sentence), each sentence attending to itself only and its positions counted from 0: the same vectors, "
+        "no position spent on padding (--pad_to_multiple_of then only shapes gradient caching's chunks). 0 pads "
+        "every sentence to the longest instead. Llama-family models."
     )})
     dataloader_num_workers: int = field(default=0, metadata={"help": (
         "DataLoader worker processes per training process."
@@ -335,6 +341,8 @@ def check_args(args: Arguments, num_layers: int) -> list[int]:
                          "frozen")
     if args.pad_to_multiple_of < 0:
         raise ValueError(f"--pad_to_multiple_of must be >= 0, got {args.pad_to_multiple_of}")
+    if args.pack_length < 0:
+        raise ValueError(f"--pack_length must be >= 0, got {args.pack_length}")
     if args.cl_chunk_size < 0 or (args.cl_chunk_size and (args.objective_balance == "pcgrad"
                                                            or args.grad_conflict_steps)):
         raise ValueError("--cl_chunk_size must be >= 0, and it combines with --objective_balance sum only and "
@@ -406,17 +414,22 @@ class ContrastiveModel(nn.Module):
     the Korean one, through the trained LM or through ``english_encoder`` (a frozen copy, run without
     gradient; the mixture, trainable, still applies to its layers, so it sees both languages). With
     ``joint`` and no frozen copy, the two sides go through one forward, each padded (on the right) to the
-    longer side: the same vectors, half the forwards, more padding.
+    longer side: the same vectors, half the forwards, more padding. With ``pack_length`` every forward runs on
+    its sentences packed into rows of that many tokens (``common.pooling.pack_sentences``): the same vectors,
+    no padding. ``positions`` counts the token positions the forwards with gradient ran (the trained LM's and
+    the frozen copy's, padding or unused row ends included), for the logged padded_tokens_per_s.
     """
 
     def __init__(self, lm: nn.Module, *, layers: list[int], pooling: str = "mean", exclude_bos: bool = True,
-                 bos_token_id: int | None = None, mixture: LayerMixture | None = None, joint: bool = False):
+                 bos_token_id: int | None = None, mixture: LayerMixture | None = None, joint: bool = False,
+                 pack_length: int = 0):
         super().__init__()
         if mixture is not None and list(mixture.layers) != list(layers):
             raise ValueError(f"the mixture is over layers {mixture.layers}, the model pools {layers}")
         if mixture is None and len(layers) != 1:
             raise ValueError(f"several layers {layers} need a mixture")
-        self.lm, self.mixture, self.joint = lm, mixture, joint
+        self.lm, self.mixture, self.joint, self.pack_length = lm, mixture, joint, pack_length
+        self.positions = 0
         self.pool_kwargs = dict(layers=list(layers), pooling=pooling, exclude_bos=exclude_bos,
                                 bos_token_id=bos_token_id)
         self.config = lm.config  # DeepSpeed's "auto" bucket sizes are read from model.config
@@ -427,9 +440,12 @@ class ContrastiveModel(nn.Module):
 
     def encode_layers(self, input_ids: Tensor, attention_mask: Tensor, encoder: nn.Module | None = None) -> Tensor:
         """(K, B, D) pooled vectors of each layer, through the trained LM or a frozen ``encoder`` (no gradient)."""
+        packed = pack_sentences(input_ids, attention_mask, self.pack_length) if self.pack_length else None
+        if torch.is_grad_enabled():  # a training forward (not gradient caching's first pass, not evaluation)
+            self.positions += (packed.input_ids if packed is not None else input_ids).numel()
         with torch.no_grad() if encoder is not None else nullcontext():
             return pooled_layers(encoder if encoder is not None else self.lm, input_ids, attention_mask,
-                                 **self.pool_kwargs)
+                                 packed=packed, **self.pool_kwargs)
 
     def combine(self, per_layer: Tensor) -> Tensor:
         """(K, B, D) -> (B, D): the mixture, or the one layer."""
@@ -680,6 +696,9 @@ def main(argv: list[str] | None = None):
     if tokenizer.pad_token is None:  # Llama tokenizers have none; padded positions are masked anyway
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     lm = load_lm(args.model_name_or_path, args.attn_implementation)
+    if args.pack_length and not is_llama_family(lm):
+        raise ValueError(f"--pack_length: {type(lm).__name__} is not a Llama-family decoder (packing runs the "
+                         "truncated forward, common/pooling.py)")
     if args.gradient_checkpointing:
         lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     lm.config.use_cache = False
@@ -703,7 +722,8 @@ def main(argv: list[str] | None = None):
     trunc_params, full_params = layer_params(lm, max(layers)), lm_params(lm)
     mixture = LayerMixture(layers, args.mix_temperature, normalize=args.mix_normalize) if args.mix_layers else None
     model = ContrastiveModel(lm, layers=layers, pooling=args.pooling, exclude_bos=not args.include_bos,
-                             bos_token_id=tokenizer.bos_token_id, mixture=mixture, joint=args.joint_forward)
+                             bos_token_id=tokenizer.bos_token_id, mixture=mixture, joint=args.joint_forward,
+                             pack_length=args.pack_length)
     logger.info("representation: %s of layer(s) %s; %d trainable parameter tensors; English encoder %s",
                 args.pooling, layers, len(trainable), args.english_encoder)
 
@@ -753,6 +773,7 @@ def main(argv: list[str] | None = None):
         raise ValueError("--objective_balance pcgrad and --grad_conflict_steps need the two objectives' gradients "
                          "apart, which the DeepSpeed ZeRO engine keeps partitioned: launch without DeepSpeed (DDP)")
     model, optimizer = accelerator.prepare(model, optimizer)
+    contrastive = accelerator.unwrap_model(model)  # the ContrastiveModel itself: its counter of positions run
     accelerator.register_for_checkpointing(scheduler)
     register_weights_in_export(accelerator, submodule="lm")  # the resume state does not repeat the weights
 
@@ -842,12 +863,10 @@ def main(argv: list[str] | None = None):
             break
         pairs, lm_cpu = batches[0], [b["input_ids"] for b in batches[1:]]
         lm_tokens = sum(b.numel() for b in lm_cpu) if args.lm_weight else 0
-        padded = pairs["ko_input_ids"].numel() + pairs["en_input_ids"].numel() if args.cl_weight else 0
-        if args.joint_forward and args.cl_weight:  # both sides padded to the longer one
-            padded = 2 * max(pairs["ko_input_ids"].numel(), pairs["en_input_ids"].numel())
-        # real tokens of each side (none when the pairs are not encoded): the FLOPs count them, not the padding
+        # real tokens of each side (none when the pairs are not encoded): the FLOPs count them, not the padding;
+        # the positions the forwards ran, padding included, are counted by the model (ContrastiveModel.positions)
         ko_real, en_real = (int(pairs[f"{s}_attention_mask"].sum()) if args.cl_weight else 0 for s in ("ko", "en"))
-        work += torch.tensor([ko_real + en_real + lm_tokens, padded + lm_tokens, stage1_flops(
+        work += torch.tensor([ko_real + en_real + lm_tokens, lm_tokens, stage1_flops(
             trunc_params, ko_real, en_real, frozen_en is not None, full_params, lm_tokens)], dtype=torch.float64)
         batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in pairs.items()}
         pair_keys = batch.pop("pair_keys")
@@ -898,6 +917,8 @@ def main(argv: list[str] | None = None):
         step += 1
         progress.update(1)
         # [/shared]
+        work[1] += contrastive.positions
+        contrastive.positions = 0
         if conflict and args.grad_conflict_steps and step % args.grad_conflict_steps == 0:
             write_log(conflict, step)
         if cl_loss is not None:

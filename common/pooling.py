@@ -8,6 +8,7 @@ causal LM; ``decoder_hidden_states`` is its truncated form for the Llama family,
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -95,15 +96,17 @@ class LayerMixture(nn.Module):
             return self(pooled, return_shares=True)[1]
 
 
-def decoder_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
-                          upto: int) -> list[Tensor]:
+def decoder_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
+                          upto: int, position_ids: Tensor | None = None) -> list[Tensor]:
     """Hidden states of layers 0..``upto`` of a Llama-family causal LM, running only decoder layers 1..upto.
 
     The layers above ``upto`` would get no gradient from a loss on these states, so skipping them
     saves their forward and their activations. Uses the model's own modules (embeddings, rotary
     embedding, causal mask, decoder layers), so gradient checkpointing and DeepSpeed hooks apply as
     in the full forward. Returns ``upto + 1`` tensors of shape (B, T, D); see the module docstring
-    for what layer N means.
+    for what layer N means. Packed rows (``PackedSentences``) come with ``attention_mask=None`` and
+    their ``position_ids``, which restart at 0 for every sentence: transformers then builds the
+    block-diagonal causal mask, so a sentence attends to itself only.
     """
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     missing = [name for name in ("embed_tokens", "rotary_emb", "layers") if not hasattr(decoder, name)]
@@ -119,7 +122,8 @@ def decoder_hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: T
     states = [hidden]
     if upto == 0:
         return states
-    position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    if position_ids is None:
+        position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
     causal_mask = create_causal_mask(
         config=decoder.config, inputs_embeds=hidden, attention_mask=attention_mask, cache=None,
         position_ids=position_ids,
@@ -172,15 +176,103 @@ def layer_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, ge
     return list(out.hidden_states[:-1]) + [captured["h"]]
 
 
+def pack_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
+    """Sentences into rows of at most ``row_length`` tokens: the sentence indices of each row, by first-fit
+    decreasing (longest first, each into the first row with room), which leaves little room unused. A
+    sentence longer than a row is an error (``pack_sentences`` widens the rows first)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if lengths[i] > row_length:
+            raise ValueError(f"a sentence of {lengths[i]} tokens does not fit a row of {row_length}")
+        r = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
+        if r is None:
+            rows.append([])
+            room.append(row_length)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= lengths[i]
+    return rows
+
+
+@dataclass
+class PackedSentences:
+    """A right-padded batch (B, T) repacked without padding: its sentences end to end in R rows of L tokens.
+
+    ``input_ids`` (R, L); ``position_ids`` (R, L), restarting at 0 for every sentence, which is what makes
+    transformers mask attention block-diagonally (``decoder_hidden_states``); ``index`` (B * T,) the packed
+    position, in R * L, of every position of the padded batch (its padding points at position 0, a real
+    token, and stays masked when pooling). The end of a row that no sentence fills is a sequence of its own
+    that no sentence sees and nothing pools. Build with ``pack_sentences``.
+    """
+
+    input_ids: Tensor
+    position_ids: Tensor
+    index: Tensor
+    batch_shape: tuple[int, int]
+
+    def unpack(self, hidden: Tensor) -> Tensor:
+        """(R, L, D) packed states -> (B, T, D), each sentence's states where the padded batch has them."""
+        return hidden.reshape(-1, hidden.shape[-1]).index_select(0, self.index).view(*self.batch_shape, -1)
+
+
+def pack_sentences(input_ids: Tensor, attention_mask: Tensor, row_length: int) -> PackedSentences:
+    """Pack a right-padded batch into rows of ``row_length`` tokens (wider when a sentence is longer: the
+    longest, rounded up to a multiple of 8). Reads the sentence lengths once (one host sync); builds the
+    layout on the host, as ``pack_rows`` decides it, and the packed ids on the batch's device."""
+    batch, width = input_ids.shape
+    lengths = attention_mask.sum(dim=1)
+    prefix = torch.arange(width, device=attention_mask.device) < lengths[:, None]
+    counts = torch.cat([lengths, (prefix == attention_mask.bool()).all().long()[None]]).tolist()
+    lengths_list, right_padded = counts[:-1], counts[-1]
+    if not right_padded:
+        raise ValueError("packing needs right-padded sentences (their real tokens first)")
+    row_length = max(row_length, -(-max(lengths_list, default=1) // 8) * 8)
+    rows = pack_rows(lengths_list, row_length)
+    n = torch.tensor(lengths_list, dtype=torch.long)
+    row_of, start = torch.zeros(batch, dtype=torch.long), torch.zeros(batch, dtype=torch.long)
+    used = []
+    for r, members in enumerate(rows):
+        offset = 0
+        for i in members:
+            row_of[i], start[i] = r, offset
+            offset += lengths_list[i]
+        used.append(offset)
+    # every real token: its sentence s, its position t in it, where it sits in the padded and the packed batch
+    s = torch.repeat_interleave(torch.arange(batch), n)
+    t = torch.arange(int(n.sum())) - torch.repeat_interleave(n.cumsum(0) - n, n)
+    padded_at, packed_at = s * width + t, row_of[s] * row_length + start[s] + t
+    position_ids = torch.arange(row_length).repeat(len(rows), 1)
+    for r, offset in enumerate(used):  # the unused end of a row counts from 0: a sequence of its own
+        position_ids[r, offset:] = torch.arange(row_length - offset)
+    position_ids.view(-1)[packed_at] = t
+    index = torch.zeros(batch * width, dtype=torch.long)
+    index[padded_at] = packed_at
+    device = input_ids.device
+    packed_at, padded_at = packed_at.to(device), padded_at.to(device)
+    ids = input_ids.new_zeros(len(rows) * row_length)
+    ids[packed_at] = input_ids.reshape(-1)[padded_at]
+    return PackedSentences(ids.view(len(rows), row_length), position_ids.to(device), index.to(device),
+                           (batch, width))
+
+
 def pooled_layers(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, *, layers: Sequence[int],
-                  pooling: str = "mean", exclude_bos: bool = True, bos_token_id: int | None = None) -> Tensor:
+                  pooling: str = "mean", exclude_bos: bool = True, bos_token_id: int | None = None,
+                  packed: PackedSentences | None = None) -> Tensor:
     """(K, B, D): the pooled vector of every sentence at each of ``layers`` (K of them).
 
     A Llama-family model runs only as deep as the deepest layer asked for (``decoder_hidden_states``);
     other families run whole (``layer_states``). ``pooling``, ``exclude_bos`` and ``bos_token_id`` are
-    those of ``pool`` and ``pooling_mask``.
+    those of ``pool`` and ``pooling_mask``. With ``packed`` (``pack_sentences`` of this batch; Llama family
+    only) the model runs on the packed rows, and the pooled layers' states are unpacked: the same vectors.
     """
-    if is_llama_family(model):
+    if packed is not None:
+        if not is_llama_family(model):
+            raise TypeError(f"{type(model).__name__}: packed sentences need a Llama-family decoder")
+        states = decoder_hidden_states(model, packed.input_ids, None, upto=max(layers),
+                                       position_ids=packed.position_ids)
+        states = {layer: packed.unpack(states[layer]) for layer in set(layers)}
+    elif is_llama_family(model):
         states = decoder_hidden_states(model, input_ids, attention_mask, upto=max(layers))
     else:
         states = layer_states(model, input_ids, attention_mask)

@@ -87,18 +87,20 @@ def assert_same_run(out, log, ref_out, ref_log, key, step):
 
 
 CHUNKED = ["--cl_chunk_size", "3"]  # 8 pairs a process: chunks of 3, 3 and 2
+PACKED = ["--pack_length", "32"]
 
 
-@pytest.mark.parametrize("zero, extra, chunked", [
-    (2, [], False),
-    (3, ["--english_encoder", "frozen", "--mix_layers", "1-3"], False),
-    (2, ["--english_encoder", "frozen", "--mix_layers", "1-3"], True),
-    (3, [], True),
-], ids=["zero2", "zero3-frozen-mixture", "zero2-frozen-mixture-chunked", "zero3-chunked"])
-def test_stage1_under_zero_matches_one_process(tmp_path, zero, extra, chunked, reset_accelerate):
-    """ZeRO on 2 processes = one process on the same global batch; with gradient caching under ZeRO against
-    the whole batch at once in one process (tests/test_instruments.py ties chunked to unchunked there too)."""
-    out, log = launch(tmp_path, f"zero{zero}", "train_contrastive.py", STAGE1 + extra + CHUNKED * chunked, zero=zero)
+@pytest.mark.parametrize("zero, extra, fast", [
+    (2, [], []),
+    (3, ["--english_encoder", "frozen", "--mix_layers", "1-3"], []),
+    (2, ["--english_encoder", "frozen", "--mix_layers", "1-3"], CHUNKED),
+    (3, [], CHUNKED + PACKED),
+], ids=["zero2", "zero3-frozen-mixture", "zero2-frozen-mixture-chunked", "zero3-chunked-packed"])
+def test_stage1_under_zero_matches_one_process(tmp_path, zero, extra, fast, reset_accelerate):
+    """ZeRO on 2 processes = one process on the same global batch; with gradient caching (and packed sentences)
+    under ZeRO against the whole padded batch at once in one process (tests/test_instruments.py ties chunked
+    to unchunked there too)."""
+    out, log = launch(tmp_path, f"zero{zero}", "train_contrastive.py", STAGE1 + extra + fast, zero=zero)
     ref_out, ref_log = one_process(tmp_path, "one", train_contrastive, STAGE1 + extra, reset_accelerate)
     assert_same_run(out, log, ref_out, ref_log, "cl_loss", 4)
     assert losses(log, "eval/gap")[4] == pytest.approx(losses(ref_log, "eval/gap")[4], rel=1e-3, abs=1e-4)
@@ -106,7 +108,7 @@ def test_stage1_under_zero_matches_one_process(tmp_path, zero, extra, chunked, r
         w, w_ref = (json.loads((d / "checkpoint-4" / "layer_weights.json").read_text()) for d in (out, ref_out))
         assert w == pytest.approx(w_ref, rel=1e-4)
         assert losses(log, "layer_weight/2") == pytest.approx(losses(ref_log, "layer_weight/2"), rel=1e-4)
-    if zero == 2 and not chunked:  # resume under ZeRO-2 from step 2 reproduces steps 3-4
+    if zero == 2 and not fast:  # resume under ZeRO-2 from step 2 reproduces steps 3-4
         _, resumed = launch(tmp_path, "resumed", "train_contrastive.py",
                             STAGE1 + ["--resume_from_checkpoint", str(out / "checkpoint-2")], zero=2)
         a, b = losses(log, "cl_loss"), losses(resumed, "cl_loss")

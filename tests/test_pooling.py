@@ -2,7 +2,15 @@ import pytest
 import torch
 
 from common.demo import tiny_llama
-from common.pooling import LayerMixture, decoder_hidden_states, pool, pooling_mask
+from common.pooling import (
+    LayerMixture,
+    decoder_hidden_states,
+    pack_rows,
+    pack_sentences,
+    pool,
+    pooled_layers,
+    pooling_mask,
+)
 
 BOS, PAD = 1, 3
 
@@ -147,3 +155,67 @@ def test_gradient_checkpointing_recomputes_the_truncated_layers():
     assert forward_backward() == 1
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     assert forward_backward() == 2
+
+
+# Packed sentences: the batch's sentences end to end in rows, each attending to itself only.
+
+def test_pack_rows_places_every_sentence_once_within_the_row_length():
+    lengths = [5, 2, 5, 3, 3, 5, 3, 2]
+    rows = pack_rows(lengths, 8)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 8 for row in rows)
+    assert len(rows) == 4  # first-fit decreasing: 5+3, 5+3, 5+3, 2+2 (next-fit in order would take 5)
+    with pytest.raises(ValueError, match="does not fit a row of 4"):
+        pack_rows([5], 4)
+
+
+def random_batch(seed: int, batch_size: int = 9, width: int = 13, vocab: int = 64):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, width + 1, (batch_size,), generator=g)
+    lengths[0] = width
+    mask = (torch.arange(width) < lengths[:, None]).long()
+    ids = torch.randint(4, vocab, (batch_size, width), generator=g) * mask + PAD * (1 - mask)
+    ids[:, 0] = BOS
+    return ids, mask
+
+
+def test_packed_rows_hold_each_sentence_with_positions_from_zero():
+    ids, mask = random_batch(0)
+    packed = pack_sentences(ids, mask, 16)
+    assert packed.input_ids.shape[1] == 16 and packed.input_ids.numel() < ids.numel()
+    flat_ids, flat_pos = packed.input_ids.reshape(-1), packed.position_ids.reshape(-1)
+    for i, n in enumerate(mask.sum(1).tolist()):
+        at = packed.index[i * ids.shape[1]:i * ids.shape[1] + n]
+        assert flat_ids[at].tolist() == ids[i, :n].tolist()
+        assert flat_pos[at].tolist() == list(range(n))
+    # a row narrower than the longest sentence widens to it, rounded up to a multiple of 8
+    assert pack_sentences(ids, mask, 4).input_ids.shape[1] == 16
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+def test_packed_forward_gives_the_padded_vectors_and_gradients(attn, pooling):
+    """The block-diagonal mask and the restarted positions make each packed sentence see what it sees
+    alone: pooled vectors and parameter gradients equal those of the padded batch."""
+    model = tiny_llama(64, hidden_size=32, num_layers=4)
+    model.config._attn_implementation = attn
+    ids, mask = random_batch(1)
+    target = torch.randn(2, ids.shape[0], 32, generator=torch.Generator().manual_seed(2))
+    results = []
+    for packed in (None, pack_sentences(ids, mask, 16)):
+        model.zero_grad()
+        vectors = pooled_layers(model, ids, mask, layers=[1, 3], pooling=pooling, bos_token_id=BOS, packed=packed)
+        (vectors * target).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((vectors.detach(), grads))
+    (padded, padded_grads), (packed, packed_grads) = results
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-6)
+    assert packed_grads.keys() == padded_grads.keys() and len(padded_grads) > 10
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_packing_refuses_left_padding():
+    ids, mask = random_batch(3)
+    with pytest.raises(ValueError, match="right-padded"):
+        pack_sentences(ids.flip(1), mask.flip(1), 16)

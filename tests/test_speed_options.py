@@ -1,6 +1,6 @@
 """The speed options change the speed only: padding to a multiple of 64, another attention kernel,
-compiled decoder layers and both sides in one forward give the same losses step for step; --save_steps 0
-writes no checkpoint."""
+compiled decoder layers, both sides in one forward and packed sentences give the same losses step for step;
+--save_steps 0 writes no checkpoint."""
 
 import json
 from pathlib import Path
@@ -34,11 +34,21 @@ def stage1(model: Path, out: Path, *extra: str) -> list[float]:
     ["--attn_implementation", "eager"],
     ["--torch_compile"],
     ["--joint_forward"],
-], ids=["pad64", "eager", "compile", "joint"])
-def test_stage1_speed_options_change_no_loss(tiny_pair_model, tmp_path, flags):
+    ["--pack_length", "32"],
+    ["--pack_length", "32", "--joint_forward", "--cl_chunk_size", "3"],
+], ids=["pad64", "eager", "compile", "joint", "packed", "packed-joint-chunked"])
+def test_stage1_speed_options_change_no_loss(tiny_pair_model, tmp_path, flags, monkeypatch):
     reference = stage1(tiny_pair_model, tmp_path / "reference")
     assert len(reference) == 3
+    widths = []  # the width of every forward's rows
+    pooled_layers = tc.pooled_layers
+
+    def spy(model, input_ids, attention_mask, *, packed=None, **kwargs):
+        widths.append((packed.input_ids if packed is not None else input_ids).shape[1])
+        return pooled_layers(model, input_ids, attention_mask, packed=packed, **kwargs)
+    monkeypatch.setattr(tc, "pooled_layers", spy)
     assert stage1(tiny_pair_model, tmp_path / "fast", *flags) == pytest.approx(reference, rel=1e-5, abs=1e-6)
+    assert widths and (set(widths) == {32}) == ("--pack_length" in flags)  # packed rows when asked, only then
     assert not list((tmp_path / "fast").glob("checkpoint-*")), "--save_steps 0 wrote a checkpoint"
 
 
@@ -55,3 +65,24 @@ def test_stage3_compiled_layers_change_no_loss(tmp_path):
 def test_a_missing_attention_kernel_is_a_clear_error(tiny_pair_model, tmp_path):
     with pytest.raises(ValueError, match="--attn_implementation flash_attention_2"):
         stage1(tiny_pair_model, tmp_path / "out", "--attn_implementation", "flash_attention_2")
+
+
+def test_packing_with_the_frozen_copy_and_a_mixture_changes_no_loss(tiny_pair_model, tmp_path):
+    base = ["--english_encoder", "frozen", "--mix_layers", "1-2"]
+    reference = stage1(tiny_pair_model, tmp_path / "reference", *base)
+    assert len(reference) == 3
+    packed = stage1(tiny_pair_model, tmp_path / "packed", *base, "--pack_length", "32")
+    assert packed == pytest.approx(reference, rel=1e-5, abs=1e-6)
+
+
+def test_packing_runs_fewer_positions_and_the_log_counts_them(tiny_pair_model, tmp_path):
+    """padded_tokens_per_s / tokens_per_s is the positions run per real token: above 1 with padding, and
+    lower when the sentences are packed (the counter, not the padded batch's shape, feeds the log)."""
+    def positions_per_token(out: Path, *extra: str) -> float:
+        stage1(tiny_pair_model, out, "--max_steps", "2", "--logging_steps", "2", *extra)
+        row = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "tokens_per_s" in r][-1]
+        return row["padded_tokens_per_s"] / row["tokens_per_s"]
+    padded = positions_per_token(tmp_path / "padded", "--pad_to_multiple_of", "64")
+    packed = positions_per_token(tmp_path / "packed", "--pad_to_multiple_of", "64", "--pack_length", "64")
+    # the demo's sentences are ~7 tokens: padded to 64 that is ~9 positions a token, packed in rows of 64 ~1.5
+    assert padded > 5 and packed < padded / 4
