@@ -65,6 +65,12 @@ class Arguments:
         "ends the search."
     )})
     pool_layer: int | None = field(default=None, metadata={"help": "Pooled layer; unset: the middle one."})
+    layouts: str = field(default="padded", metadata={"help": (
+        "Comma-separated stage-1 layouts of a step's sentences, each measured: padded (each side padded to its "
+        "longest, two forwards), joint (both sides in one forward, padded to the longer), packed (each side's "
+        "sentences packed into rows of --pack_length, no padding), joint_packed (both sides packed together)."
+    )})
+    pack_length: int = field(default=256, metadata={"help": "Row length of the packed layouts."})
     block_size: int = field(default=1024, metadata={"help": "LM block length (stage 1 LM loss, stage 3)."})
     lm_batch_size: int = field(default=4, metadata={"help": "LM blocks per step in stage 1 with the LM loss."})
     max_seq_length: int = field(default=128, metadata={"help": "Truncation length per sentence."})
@@ -81,7 +87,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run_scenario(name, config, lm_state, pair_batches, args, device, batch_size) -> dict:
+def run_scenario(name, config, lm_state, pair_batches, args, device, batch_size, layout="padded") -> dict:
     with torch.device(device):
         lm = LlamaForCausalLM(config)
     lm.load_state_dict(lm_state)
@@ -98,7 +104,8 @@ def run_scenario(name, config, lm_state, pair_batches, args, device, batch_size)
         frozen.load_state_dict(lm_state)
         frozen.requires_grad_(False).eval()
     lm_weight = 1.0 if name.endswith("_lm") else 0.0
-    model = tc.ContrastiveModel(lm, layers=[layer], bos_token_id=config.bos_token_id).train()
+    model = tc.ContrastiveModel(lm, layers=[layer], bos_token_id=config.bos_token_id, joint=layout.startswith("joint"),
+                                pack_length=args.pack_length if layout.endswith("packed") else 0).train()
     opt = torch.optim.AdamW(lm.parameters(), lr=1e-5, fused=device.type == "cuda")
     gen = torch.Generator().manual_seed(0)
     n_blocks = args.lm_batch_size if stage1 else max(1, batch_size // 16)
@@ -124,6 +131,7 @@ def run_scenario(name, config, lm_state, pair_batches, args, device, batch_size)
     for i in range(3):
         step(i)
     sync(device)
+    model.positions = 0  # the positions the timed steps' forwards run, padding included
     start = time.perf_counter()
     for i in range(args.steps):
         step(3 + i)
@@ -139,13 +147,17 @@ def run_scenario(name, config, lm_state, pair_batches, args, device, batch_size)
         lm_tokens = n_blocks * args.block_size if lm_weight > 0 else 0
         flops = stage1_flops(trunc_params, ko_tokens, en_tokens, frozen is not None, full_params, lm_tokens)
         tokens = ko_tokens + en_tokens + lm_tokens
+        positions = model.positions / args.steps
         pairs_per_s = batch_size / seconds
     else:
         tokens = n_blocks * args.block_size
         flops = 6 * full_params * tokens
         pairs_per_s = None
-    result = {"batch_size": batch_size if stage1 else n_blocks, "seconds_per_step": seconds,
+    result = {"batch_size": batch_size if stage1 else n_blocks, "layout": layout if stage1 else None,
+              "seconds_per_step": seconds,
               "tokens_per_s": tokens / seconds, "model_flops_per_s": flops / seconds, "pairs_per_s": pairs_per_s}
+    if stage1:  # the share of the positions run that are real tokens of the pairs
+        result["real_token_share_pairs"] = (ko_tokens + en_tokens) / positions
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result  # the model and optimizer go with this frame
@@ -182,7 +194,11 @@ def main(argv=None):
     print(f"device {results['device']}, {args.model_config}, {results['parameters'] / 1e9:.3f}B parameters, "
           f"peak {'bf16' if args.bf16 else 'fp32'} {peak / 1e12:.1f} TFLOP/s (a large matmul here: "
           f"{measured / 1e12:.1f})")
-    for name in args.scenarios.split(","):
+    runs = [(name, layout) for name in args.scenarios.split(",")
+            for layout in (args.layouts.split(",") if name.startswith("stage1") else ["padded"])
+            if not (name == "stage1_frozen" and layout.startswith("joint"))]  # the frozen copy: two forwards
+    for name, layout in runs:
+        key = name if layout == "padded" else f"{name}/{layout}"
         best = None
         for batch_size in map(int, args.batch_sizes.split(",")):
             sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=0)
@@ -191,22 +207,21 @@ def main(argv=None):
                 b = collate([{"ko_ids": ko[i], "en_ids": en[i]} for i in batch])
                 batches.append({k: v.to(device) for k, v in b.items()})
             try:
-                r = run_scenario(name, config, lm_state, batches, args, device, batch_size)
+                r = run_scenario(name, config, lm_state, batches, args, device, batch_size, layout)
             except torch.OutOfMemoryError:
-                print(f"{name}: batch {batch_size} does not fit")
+                print(f"{key}: batch {batch_size} does not fit")
                 break
             finally:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
             r["mfu"] = r["model_flops_per_s"] / peak
-            real = sum(int(b["ko_attention_mask"].sum() + b["en_attention_mask"].sum()) for b in batches)
-            padded = sum(b["ko_input_ids"].numel() + b["en_input_ids"].numel() for b in batches)
-            r["real_token_share_pairs"] = real / padded
             if r["pairs_per_s"]:
                 # with the LM stream on, an epoch is still one pass over the pairs (they outnumber the blocks)
                 r["epoch_hours_1gpu"] = RESEARCH_PAIRS / r["pairs_per_s"] / 3600
                 r["epoch_hours_8gpu"] = r["epoch_hours_1gpu"] / 8
-            line = f"{name:<18} batch {r['batch_size']:>4}: {r['tokens_per_s']:>9.0f} tok/s, MFU {r['mfu']:.1%}"
+            line = f"{key:<31} batch {r['batch_size']:>4}: {r['tokens_per_s']:>9.0f} tok/s, MFU {r['mfu']:.1%}"
+            if r.get("real_token_share_pairs"):
+                line += f", {r['real_token_share_pairs']:.0%} real"
             if r["pairs_per_s"]:
                 line += f", {r['pairs_per_s']:.0f} pairs/s, epoch {r['epoch_hours_1gpu']:.1f} h on one such device"
             if "peak_memory_gib" in r:
@@ -214,8 +229,8 @@ def main(argv=None):
             print(line)
             if best is None or r["tokens_per_s"] > best["tokens_per_s"]:
                 best = r
-            results["scenarios"].setdefault(name, []).append(r)
-        results.setdefault("best", {})[name] = best
+            results["scenarios"].setdefault(key, []).append(r)
+        results.setdefault("best", {})[key] = best
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         # written after each scenario: a cut-off run keeps what it measured
         Path(args.output).write_text(json.dumps(results, indent=2))

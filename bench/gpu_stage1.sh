@@ -5,7 +5,8 @@
 #   frozen English copy) and layer 24 (shared: the whole model, the peer's job) beside the
 #   sentence-transformers peer (MultipleNegativesSymmetricRankingLoss) on the same model and pairs; compiled
 #   layers; gradient caching at 1,024 pairs a step in chunks of 128; the frozen copy at 256-512 pairs;
-#   stage 3 at 8 and 16 blocks of 1,024 tokens, and compiled; padding to a multiple of 64; and
+#   stage 3 at 8 and 16 blocks of 1,024 tokens, and compiled; padding to a multiple of 64; packed sentences
+#   (--pack_length, each side apart and both sides in one forward, compiled, at 128-1,024 pairs); and
 #   bench_throughput on the trainer's first configuration, for the two MFUs to agree. Most important first:
 #   whatever a time limit cuts is at the end. No checkpoints are written (--save_steps 0).
 #
@@ -18,8 +19,9 @@ set -uo pipefail
 DATA=$1 OUT=$2
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-QUICK=()  # SMOKE=1: two steps a run
-[ "${SMOKE:-0}" = 1 ] && QUICK=(--max_steps 2 --logging_steps 1)
+# SMOKE=1: two steps a run, and bench_throughput's tiny model (8 layers)
+QUICK=() BENCH=(--model_config sheared-1.3b --pool_layer 17 --steps 10)
+[ "${SMOKE:-0}" = 1 ] && QUICK=(--max_steps 2 --logging_steps 1) BENCH=(--model_config tiny --pool_layer 4 --steps 2)
 RUNS=/tmp/koen_runs  # each run's log.jsonl, removed after the run (no checkpoints are written)
 SUMMARY=$OUT/summary.txt LOGS=$OUT/logs.txt
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$SUMMARY"
@@ -76,6 +78,25 @@ want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }  # ONLY="name ..."
 
 want padding && timeout 60 python3 -m bench.check_padding 2>"$OUT/run.log" | tee -a "$SUMMARY"
 want s1_l17_shared_b128 && stage1 s1_l17_shared_b128 120 --pool_layer 17 --per_device_train_batch_size 128
+# packed sentences (--pack_length: no padding), each side apart, both sides in one forward, compiled, larger
+# batches; then bench_throughput's layouts side by side in one process
+want s1_l17_shared_b128_packed && stage1 s1_l17_shared_b128_packed 120 --pool_layer 17 \
+  --per_device_train_batch_size 128 --pack_length 256
+want s1_l17_shared_b128_joint_packed && stage1 s1_l17_shared_b128_joint_packed 120 --pool_layer 17 \
+  --per_device_train_batch_size 128 --joint_forward --pack_length 256
+want s1_l17_shared_b128_joint_packed_compile && stage1 s1_l17_shared_b128_joint_packed_compile 200 \
+  --pool_layer 17 --per_device_train_batch_size 128 --joint_forward --pack_length 256 --torch_compile --max_steps 30
+want s1_l17_shared_b256_joint_packed_compile && stage1 s1_l17_shared_b256_joint_packed_compile 200 \
+  --pool_layer 17 --per_device_train_batch_size 256 --joint_forward --pack_length 256 --torch_compile --max_steps 30
+want s1_l17_frozen_b256_packed_compile && stage1 s1_l17_frozen_b256_packed_compile 200 --pool_layer 17 \
+  --english_encoder frozen --per_device_train_batch_size 256 --pack_length 256 --torch_compile --max_steps 30
+want s1_l17_shared_b1024_cached256_joint_packed_compile && stage1 \
+  s1_l17_shared_b1024_cached256_joint_packed_compile 240 --pool_layer 17 --per_device_train_batch_size 1024 \
+  --cl_chunk_size 256 --joint_forward --pack_length 256 --torch_compile --max_steps 30
+want bench_layouts && { timeout 200 python3 -m bench.bench_throughput "${BENCH[@]}" --bf16 \
+  --train_file "$DATA/pairs.jsonl" --tokenizer /tmp/m13 --scenarios stage1_shared \
+  --layouts padded,joint,packed,joint_packed --batch_sizes 128 --output "$OUT/bench_layouts.json" \
+  2>"$OUT/run.log" | tee -a "$SUMMARY" || tail -5 "$OUT/run.log" >> "$SUMMARY"; }
 want s1_l17_frozen_b128 && stage1 s1_l17_frozen_b128 120 --pool_layer 17 --english_encoder frozen \
   --per_device_train_batch_size 128
 want s1_l24_shared_b64 && stage1 s1_l24_shared_b64 120 --pool_layer 24 --per_device_train_batch_size 64
@@ -105,8 +126,8 @@ want s1_l17_shared_b128_joint && stage1 s1_l17_shared_b128_joint 120 --pool_laye
   --per_device_train_batch_size 128 --joint_forward
 want s1_l17_shared_b128_joint_compile && stage1 s1_l17_shared_b128_joint_compile 200 --pool_layer 17 \
   --per_device_train_batch_size 128 --joint_forward --torch_compile --max_steps 30
-want bench && { timeout 150 python3 -m bench.bench_throughput --model_config sheared-1.3b --bf16 \
-  --train_file "$DATA/pairs.jsonl" --tokenizer /tmp/m13 --scenarios stage1_shared --pool_layer 17 \
-  --batch_sizes 128 --steps 10 --output "$OUT/bench_throughput.json" 2>"$OUT/run.log" | tee -a "$SUMMARY" \
+want bench && { timeout 150 python3 -m bench.bench_throughput "${BENCH[@]}" --bf16 \
+  --train_file "$DATA/pairs.jsonl" --tokenizer /tmp/m13 --scenarios stage1_shared \
+  --batch_sizes 128 --output "$OUT/bench_throughput.json" 2>"$OUT/run.log" | tee -a "$SUMMARY" \
   || tail -5 "$OUT/run.log" >> "$SUMMARY"; }
 cat "$SUMMARY"
