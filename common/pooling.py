@@ -7,6 +7,7 @@ is the output of the last decoder layer BEFORE the final norm, whereas Hugging F
 causal LM; ``decoder_hidden_states`` is its truncated form for the Llama family, which training uses.
 """
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -177,21 +178,23 @@ def layer_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, ge
 
 
 def pack_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
-    """Sentences into rows of at most ``row_length`` tokens: the sentence indices of each row, by first-fit
-    decreasing (longest first, each into the first row with room), which leaves little room unused. A
-    sentence longer than a row is an error (``pack_sentences`` widens the rows first)."""
+    """Sentences into rows of at most ``row_length`` tokens: the sentence indices of each row, by best-fit
+    decreasing (longest first, each into the row with the least room that still holds it), which leaves
+    little room unused, in O(n log n). A sentence longer than a row is an error (``pack_sentences`` widens
+    the rows first)."""
     rows: list[list[int]] = []
-    room: list[int] = []
+    rooms: list[tuple[int, int]] = []  # (room left, row), sorted
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         if lengths[i] > row_length:
             raise ValueError(f"a sentence of {lengths[i]} tokens does not fit a row of {row_length}")
-        r = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
-        if r is None:
+        k = bisect.bisect_left(rooms, (lengths[i], -1))
+        if k < len(rooms):
+            room, r = rooms.pop(k)
+        else:
+            room, r = row_length, len(rows)
             rows.append([])
-            room.append(row_length)
-            r = len(rows) - 1
         rows[r].append(i)
-        room[r] -= lengths[i]
+        bisect.insort(rooms, (room - lengths[i], r))
     return rows
 
 
@@ -229,22 +232,21 @@ def pack_sentences(input_ids: Tensor, attention_mask: Tensor, row_length: int) -
         raise ValueError("packing needs right-padded sentences (their real tokens first)")
     row_length = max(row_length, -(-max(lengths_list, default=1) // 8) * 8)
     rows = pack_rows(lengths_list, row_length)
+    # the layout, on the host: sentences in packed order, each one's row and offset in it, then every real
+    # token's place in the padded batch and in the packed rows
     n = torch.tensor(lengths_list, dtype=torch.long)
-    row_of, start = torch.zeros(batch, dtype=torch.long), torch.zeros(batch, dtype=torch.long)
-    used = []
-    for r, members in enumerate(rows):
-        offset = 0
-        for i in members:
-            row_of[i], start[i] = r, offset
-            offset += lengths_list[i]
-        used.append(offset)
-    # every real token: its sentence s, its position t in it, where it sits in the padded and the packed batch
-    s = torch.repeat_interleave(torch.arange(batch), n)
-    t = torch.arange(int(n.sum())) - torch.repeat_interleave(n.cumsum(0) - n, n)
-    padded_at, packed_at = s * width + t, row_of[s] * row_length + start[s] + t
-    position_ids = torch.arange(row_length).repeat(len(rows), 1)
-    for r, offset in enumerate(used):  # the unused end of a row counts from 0: a sequence of its own
-        position_ids[r, offset:] = torch.arange(row_length - offset)
+    order = torch.tensor([i for row in rows for i in row], dtype=torch.long)
+    n_ord = n[order]
+    row_ord = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor([len(row) for row in rows]))
+    before = n_ord.cumsum(0) - n_ord  # tokens before each sentence in all rows' contents end to end
+    start = before - before[torch.searchsorted(row_ord, row_ord)]  # minus those before its row's first one
+    sentence = torch.repeat_interleave(torch.arange(len(order)), n_ord)  # of each token, in packed order
+    t = torch.arange(int(n.sum())) - before.repeat_interleave(n_ord)
+    padded_at = order[sentence] * width + t
+    packed_at = row_ord[sentence] * row_length + start[sentence] + t
+    # positions: from 0 in every sentence; a row's unused end counts from 0 too, a sequence of its own
+    used = torch.zeros(len(rows), dtype=torch.long).index_add_(0, row_ord, n_ord)
+    position_ids = torch.arange(row_length).repeat(len(rows), 1) - used[:, None]
     position_ids.view(-1)[packed_at] = t
     index = torch.zeros(batch * width, dtype=torch.long)
     index[padded_at] = packed_at
