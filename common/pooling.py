@@ -179,9 +179,9 @@ def layer_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, ge
 
 def pack_rows(lengths: Sequence[int], row_length: int) -> list[list[int]]:
     """Sentences into rows of at most ``row_length`` tokens: the sentence indices of each row, by best-fit
-    decreasing (longest first, each into the row with the least room that still holds it), which leaves
-    little room unused, in O(n log n). A sentence longer than a row is an error (``pack_sentences`` widens
-    the rows first)."""
+    decreasing (longest first, each into the row with the least room that still holds it, found by bisection
+    in the rows sorted by room), which leaves little room unused. A sentence longer than a row is an error
+    (``pack_sentences`` widens the rows first)."""
     rows: list[list[int]] = []
     rooms: list[tuple[int, int]] = []  # (room left, row), sorted
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
