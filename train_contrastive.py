@@ -119,9 +119,10 @@ class Arguments:
     )})
     pack_length: int = field(default=0, metadata={"help": (
         "Pack each forward's sentences end to end, without padding, into rows of N tokens (wider for a longer "
-        "sentence), each sentence attending to itself only and its positions counted from 0: the same vectors, "
-        "no position spent on padding (--pad_to_multiple_of then only shapes gradient caching's chunks). 0 pads "
-        "every sentence to the longest instead. Llama-family models."
+        "sentence; N >= --max_seq_length keeps one width, which --torch_compile prefers), each sentence "
+        "attending to itself only and its positions counted from 0: the same vectors, no position spent on "
+        "padding (--pad_to_multiple_of then only shapes gradient caching's chunks). 0 pads every sentence to the "
+        "longest instead. Llama-family models."
     )})
     dataloader_num_workers: int = field(default=0, metadata={"help": (
         "DataLoader worker processes per training process."
