@@ -5,9 +5,10 @@ Launched by tests/test_distributed.py as
 
 For each variant, every rank builds the same tiny Llama, wraps it exactly as train_contrastive.py
 does (ContrastiveModel, the script's DDP settings, step_losses), takes its half of one global
-batch (padded to its own local length), and runs forward + backward. Rank 0 then recomputes the
-loss on the whole global batch with a plain implementation written here (full model forward,
-per-row mean pooling, InfoNCE as a double loop) and records the largest gradient difference.
+batch (padded to its own local length; packed into rows by the packed variants), and runs forward +
+backward. Rank 0 then recomputes the loss on the whole global batch with a plain implementation written
+here (full model forward, per-row mean pooling, InfoNCE as a double loop) and records the largest
+gradient difference.
 """
 
 import contextlib
@@ -28,7 +29,8 @@ from common.pooling import LayerMixture
 NUM_LAYERS, VOCAB, BOS, PAD = 4, 96, 1, 3
 # Settings of each variant over these defaults; "mix_temperature" set means a layer mixture.
 DEFAULTS = dict(layers=[2], pooling="mean", frozen=False, mix_temperature=None, mix_normalize=True, temperature=0.05,
-                symmetric=True, cl_weight=1.0, lm_weight=0.0, dedup=False, two_gradients=False, chunk=0)
+                symmetric=True, cl_weight=1.0, lm_weight=0.0, dedup=False, two_gradients=False, chunk=0, joint=False,
+                pack=0)
 VARIANTS = {
     "top_layer_unused_head": dict(layers=[NUM_LAYERS]),
     "truncated_middle_layer": dict(layers=[2]),
@@ -45,6 +47,12 @@ VARIANTS = {
     "two_gradients_summed": dict(lm_weight=0.5, two_gradients=True),
     # gradient caching: chunks of 3 of each process's 4 pairs, with a mixture, the frozen English copy and the LM loss
     "chunked_gradient_cache": dict(layers=[1, 2, 3], mix_temperature=0.5, frozen=True, lm_weight=0.5, chunk=3),
+    # packed sentences (rows of 16 tokens), against the reference's one sentence at a time: alone, with the
+    # frozen copy and last-token pooling, and both sides together in chunks with a mixture and the LM loss
+    "packed": dict(pack=16),
+    "packed_frozen_last_token": dict(pack=16, frozen=True, layers=[3], pooling="last"),
+    "packed_joint_chunked_mixture": dict(pack=16, joint=True, chunk=3, layers=[1, 2, 3], mix_temperature=0.5,
+                                         lm_weight=0.5),
 }
 
 
@@ -122,7 +130,8 @@ def main(out_path: str) -> None:
             with torch.no_grad():
                 mixture.logits.copy_(torch.linspace(-1, 1, len(layers)))
         model = accelerator.prepare(tc.ContrastiveModel(lm, layers=layers, pooling=s["pooling"], exclude_bos=True,
-                                                        bos_token_id=BOS, mixture=mixture))
+                                                        bos_token_id=BOS, mixture=mixture, joint=s["joint"],
+                                                        pack_length=s["pack"]))
 
         pairs = global_batch(seed=100 + v)
         local = pairs[rank * len(pairs) // world : (rank + 1) * len(pairs) // world]

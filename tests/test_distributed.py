@@ -25,7 +25,8 @@ def two_process_results(tmp_path_factory):
 
 VARIANTS = ["top_layer_unused_head", "truncated_middle_layer", "layer_0", "last_token", "frozen_english",
             "mixture", "mixture_unnormalised", "frozen_english_mixture", "duplicates_masked", "one_directional",
-            "lm_loss", "two_gradients_summed", "chunked_gradient_cache"]
+            "lm_loss", "two_gradients_summed", "chunked_gradient_cache", "packed", "packed_frozen_last_token",
+            "packed_joint_chunked_mixture"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
