@@ -583,8 +583,11 @@ def cached_backward(accelerator, model, batch: dict, chunk_size: int, *, english
     n = batch["ko_input_ids"].shape[0]
     slices = [slice(i, min(i + chunk_size, n)) for i in range(0, n, chunk_size)]
     # each chunk padded to its own longest sentence, not the whole batch's (one host sync a chunk, small next
-    # to a chunk's forward)
-    chunks = [trim_padding({k: v[s] for k, v in batch.items()}, pad_to_multiple_of) for s in slices]
+    # to a chunk's forward); packed sentences carry no padding into the forward, so they are left as they are
+    packed = accelerator.unwrap_model(model).pack_length > 0
+    chunks = [{k: v[s] for k, v in batch.items()} for s in slices]
+    if not packed:
+        chunks = [trim_padding(chunk, pad_to_multiple_of) for chunk in chunks]
     with torch.no_grad():  # no graph: nothing for DDP or the ZeRO engine to reduce
         parts = [model(**chunk, english_encoder=english_encoder)[:2] for chunk in chunks]
     ko = torch.cat([p[0] for p in parts]).requires_grad_()
