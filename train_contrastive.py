@@ -73,7 +73,7 @@ from common.flops import layer_params, lm_params, peak_flops, stage1_flops
 from common.losses import duplicate_mask, gather, info_nce
 from common.metrics import alignment_metrics, require_finite
 from common.pooling import LayerMixture, is_llama_family, pack_sentences, pooled_layers
-from common.speed import compile_decoder_layers, load_lm
+from common.speed import compile_decoder_layers, load_lm, step_profiler
 
 logger = logging.getLogger("train_contrastive")
 DEMO_CONFIG = demo_config("stage1")
@@ -264,6 +264,11 @@ class Arguments:
     )})
     gradient_checkpointing: bool = field(default=False, metadata={"help": (
         "Recompute activations in the backward pass to save memory."
+    )})
+    profile_steps: str = field(default="", metadata={"help": (
+        "Record training steps FIRST-LAST (e.g. 21-25, numbered as in log.jsonl: after compiling and warm-up) with "
+        "torch.profiler, into output_dir/profile/: operators by device time, the share of the step the GPU was "
+        "busy, and a Chrome trace (common/speed.py). Empty: no profiling."
     )})
     # bookkeeping
     logging_steps: int = field(default=10, metadata={"help": "Log the losses every N steps."})
@@ -862,6 +867,8 @@ def main(argv: list[str] | None = None):
         if accelerator.device.type == "cuda" else None
     t0 = time.perf_counter()
     step = start_step
+    # --profile_steps: started here, so that only the loop's steps are recorded
+    profiler = step_profiler(args.profile_steps, start_step, max_steps, args.output_dir, accelerator.process_index)
     for batches in zip(*streams):
         if step >= max_steps:
             break
@@ -964,9 +971,13 @@ def main(argv: list[str] | None = None):
         if args.save_steps and (step % args.save_steps == 0 or step == max_steps):
             save(step)
         t0 += time.perf_counter() - paused  # throughput counts training time only
+        if profiler is not None:  # --profile_steps: the end of a training step
+            profiler.step()
         # [/shared]
     # [shared: finish]
     progress.close()
+    if profiler is not None:
+        profiler.stop()
     accelerator.end_training()
     lock.release()
     if accelerator.is_main_process:

@@ -57,7 +57,7 @@ from common.demo import demo_config
 from common.distributed import configure_deepspeed, parameter_dims, process_group_kwargs
 from common.flops import lm_params, peak_flops
 from common.metrics import language_model_loss, require_finite
-from common.speed import compile_decoder_layers, load_lm
+from common.speed import compile_decoder_layers, load_lm, step_profiler
 
 logger = logging.getLogger("train_full")
 DEMO_CONFIG = demo_config("stage3")
@@ -137,6 +137,11 @@ class Arguments:
     )})
     gradient_checkpointing: bool = field(default=False, metadata={"help": (
         "Recompute activations in the backward pass to save memory."
+    )})
+    profile_steps: str = field(default="", metadata={"help": (
+        "Record training steps FIRST-LAST (e.g. 21-25, numbered as in log.jsonl: after compiling and warm-up) with "
+        "torch.profiler, into output_dir/profile/: operators by device time, the share of the step the GPU was "
+        "busy, and a Chrome trace (common/speed.py). Empty: no profiling."
     )})
     logging_steps: int = field(default=10, metadata={"help": "Log the losses every N steps."})
     eval_steps: int = field(default=100, metadata={"help": (
@@ -356,6 +361,8 @@ def main(argv: list[str] | None = None):
     work = torch.zeros(2, dtype=torch.float64)  # this process's tokens and model FLOPs since the last log
     peak = peak_flops(accelerator.device, torch.bfloat16 if args.bf16 else torch.float32) \
         if accelerator.device.type == "cuda" else None
+    # --profile_steps: started here, so that only the loop's steps are recorded
+    profiler = step_profiler(args.profile_steps, start_step, max_steps, args.output_dir, accelerator.process_index)
     for batches in zip(*loaders.values()):
         if step >= max_steps:
             break
@@ -407,9 +414,13 @@ def main(argv: list[str] | None = None):
         if args.save_steps and (step % args.save_steps == 0 or step == max_steps):
             save(step)
         t0 += time.perf_counter() - paused  # throughput counts training time only
+        if profiler is not None:  # --profile_steps: the end of a training step
+            profiler.step()
         # [/shared]
     # [shared: finish]
     progress.close()
+    if profiler is not None:
+        profiler.stop()
     accelerator.end_training()
     lock.release()
     if accelerator.is_main_process:

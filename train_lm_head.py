@@ -44,7 +44,7 @@ from common.data import LengthGroupedBatchSampler, ShardedBatches, load_text_blo
 from common.demo import demo_config
 from common.distributed import configure_deepspeed, process_group_kwargs
 from common.metrics import language_model_loss, require_finite
-from common.speed import compile_decoder_layers, load_lm
+from common.speed import compile_decoder_layers, load_lm, step_profiler
 
 logger = logging.getLogger("train_lm_head")
 DEMO_CONFIG = demo_config("stage2")
@@ -98,6 +98,11 @@ class Arguments:
     )})
     torch_compile: bool = field(default=False, metadata={"help": (
         "torch.compile each decoder layer (common/speed.py); the first steps are slower while it compiles."
+    )})
+    profile_steps: str = field(default="", metadata={"help": (
+        "Record training steps FIRST-LAST (e.g. 21-25, numbered as in log.jsonl: after compiling and warm-up) with "
+        "torch.profiler, into output_dir/profile/: operators by device time, the share of the step the GPU was "
+        "busy, and a Chrome trace (common/speed.py). Empty: no profiling."
     )})
     logging_steps: int = field(default=10, metadata={"help": "Log the losses every N steps."})
     eval_steps: int = field(default=100, metadata={"help": (
@@ -252,6 +257,8 @@ def main(argv: list[str] | None = None):
     progress = tqdm(range(max_steps), initial=start_step, disable=not accelerator.is_main_process,
                     desc="stage 2 (LM head)")
     losses, t0, step = [], time.perf_counter(), start_step
+    # --profile_steps: started here, so that only the loop's steps are recorded
+    profiler = step_profiler(args.profile_steps, start_step, max_steps, args.output_dir, accelerator.process_index)
     for batch in loader:
         if step >= max_steps:
             break
@@ -287,9 +294,13 @@ def main(argv: list[str] | None = None):
         if args.save_steps and (step % args.save_steps == 0 or step == max_steps):
             save(step)
         t0 += time.perf_counter() - paused  # throughput counts training time only
+        if profiler is not None:  # --profile_steps: the end of a training step
+            profiler.step()
         # [/shared]
     # [shared: finish]
     progress.close()
+    if profiler is not None:
+        profiler.stop()
     accelerator.end_training()
     lock.release()
     if accelerator.is_main_process:

@@ -7,7 +7,8 @@
 #   layers; gradient caching at 1,024 pairs a step in chunks of 128; the frozen copy at 256-512 pairs;
 #   stage 3 at 8 and 16 blocks of 1,024 tokens, and compiled; padding to a multiple of 64; packed sentences
 #   (--pack_length, each side apart and both sides in one forward, compiled, at 128-1,024 pairs); and
-#   bench_throughput on the trainer's first configuration, for the two MFUs to agree. Most important first:
+#   bench_throughput on the trainer's first configuration, for the two MFUs to agree. Four runs also record two
+#   steps with --profile_steps (OUT_DIR/profile_RUN.txt: where a step's time goes). Most important first:
 #   whatever a time limit cuts is at the end. No checkpoints are written (--save_steps 0).
 #
 #   bash bench/gpu_stage1.sh DATA_DIR OUT_DIR
@@ -21,7 +22,11 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # SMOKE=1: two steps a run, and bench_throughput's tiny model (8 layers)
 QUICK=() BENCH=(--model_config sheared-1.3b --pool_layer 17 --steps 10)
-[ "${SMOKE:-0}" = 1 ] && QUICK=(--max_steps 2 --logging_steps 1) BENCH=(--model_config tiny --pool_layer 4 --steps 2)
+# --profile_steps for runs of 20 and of 30 steps: two steps in the window before the one summarized (so the
+# profiler's cost stays out of the figures), after compiling
+P20=8-9 P30=18-19
+[ "${SMOKE:-0}" = 1 ] && QUICK=(--max_steps 2 --logging_steps 1) BENCH=(--model_config tiny --pool_layer 4 --steps 2) \
+  P20=2-2 P30=2-2
 RUNS=/tmp/koen_runs  # each run's log.jsonl, removed after the run (no checkpoints are written)
 SUMMARY=$OUT/summary.txt LOGS=$OUT/logs.txt
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$SUMMARY"
@@ -52,6 +57,9 @@ keep = ("step", "pairs_per_s", "tokens_per_s", "padded_tokens_per_s", "mfu", "pe
 print(sys.argv[1], {k: round(v, 4) if isinstance(v, float) else v for k, v in last.items() if k in keep})
 PY
   { echo "== $1"; cat "$2/log.jsonl"; } >> "$LOGS"
+  for f in "$2"/profile/steps_*.txt; do  # --profile_steps: the table whole, its first lines in the summary
+    [ -e "$f" ] && cp "$f" "$OUT/profile_$1.txt" && head -3 "$f" | sed "s/^/$1 profile: /" >> "$SUMMARY"
+  done
 }
 
 stage1() {  # name, seconds allowed, flags
@@ -77,7 +85,8 @@ stage3() {  # name, seconds allowed, flags
 want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }  # ONLY="name ...": just those runs
 
 want padding && timeout 60 python3 -m bench.check_padding 2>"$OUT/run.log" | tee -a "$SUMMARY"
-want s1_l17_shared_b128 && stage1 s1_l17_shared_b128 120 --pool_layer 17 --per_device_train_batch_size 128
+want s1_l17_shared_b128 && stage1 s1_l17_shared_b128 120 --pool_layer 17 --per_device_train_batch_size 128 \
+  --profile_steps $P20
 # packed sentences (--pack_length: no padding), each side apart, both sides in one forward, compiled, larger
 # batches; then bench_throughput's layouts side by side in one process
 want s1_l17_shared_b128_packed && stage1 s1_l17_shared_b128_packed 120 --pool_layer 17 \
@@ -85,11 +94,13 @@ want s1_l17_shared_b128_packed && stage1 s1_l17_shared_b128_packed 120 --pool_la
 want s1_l17_shared_b128_joint_packed && stage1 s1_l17_shared_b128_joint_packed 120 --pool_layer 17 \
   --per_device_train_batch_size 128 --joint_forward --pack_length 256
 want s1_l17_shared_b128_joint_packed_compile && stage1 s1_l17_shared_b128_joint_packed_compile 200 \
-  --pool_layer 17 --per_device_train_batch_size 128 --joint_forward --pack_length 256 --torch_compile --max_steps 30
+  --pool_layer 17 --per_device_train_batch_size 128 --joint_forward --pack_length 256 --torch_compile --max_steps 30 \
+  --profile_steps $P30
 want s1_l17_shared_b256_joint_packed_compile && stage1 s1_l17_shared_b256_joint_packed_compile 200 \
   --pool_layer 17 --per_device_train_batch_size 256 --joint_forward --pack_length 256 --torch_compile --max_steps 30
 want s1_l17_frozen_b256_packed_compile && stage1 s1_l17_frozen_b256_packed_compile 200 --pool_layer 17 \
-  --english_encoder frozen --per_device_train_batch_size 256 --pack_length 256 --torch_compile --max_steps 30
+  --english_encoder frozen --per_device_train_batch_size 256 --pack_length 256 --torch_compile --max_steps 30 \
+  --profile_steps $P30
 want s1_l17_shared_b1024_cached256_joint_packed_compile && stage1 \
   s1_l17_shared_b1024_cached256_joint_packed_compile 240 --pool_layer 17 --per_device_train_batch_size 1024 \
   --cl_chunk_size 256 --joint_forward --pack_length 256 --torch_compile --max_steps 30
@@ -113,7 +124,7 @@ want s1_l17_frozen_b256_compile && stage1 s1_l17_frozen_b256_compile 200 --pool_
 want s3_b8x1024 && stage3 s3_b8x1024 120 --per_device_train_batch_size 8
 want s3_b16x1024 && stage3 s3_b16x1024 120 --per_device_train_batch_size 16
 want s3_b16x1024_compile && stage3 s3_b16x1024_compile 200 --per_device_train_batch_size 16 --torch_compile \
-  --max_steps 30
+  --max_steps 30 --profile_steps $P30
 want s1_l17_shared_b128_pad64 && stage1 s1_l17_shared_b128_pad64 120 --pool_layer 17 \
   --per_device_train_batch_size 128 --pad_to_multiple_of 64
 # the next levers for stage 1's MFU: compiled and chunked together, larger chunks, a larger batch compiled,

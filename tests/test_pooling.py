@@ -164,7 +164,7 @@ def test_pack_rows_places_every_sentence_once_within_the_row_length():
     rows = pack_rows(lengths, 8)
     assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
     assert all(sum(lengths[i] for i in row) <= 8 for row in rows)
-    assert len(rows) == 4  # first-fit decreasing: 5+3, 5+3, 5+3, 2+2 (next-fit in order would take 5)
+    assert len(rows) == 4  # best-fit decreasing: 5+3, 5+3, 5+3, 2+2 (next-fit in order would take 5)
     with pytest.raises(ValueError, match="does not fit a row of 4"):
         pack_rows([5], 4)
 

@@ -1,15 +1,21 @@
 """The speed options change the speed only: padding to a multiple of 64, another attention kernel,
 compiled decoder layers, both sides in one forward and packed sentences give the same losses step for step;
---save_steps 0 writes no checkpoint."""
+--save_steps 0 writes no checkpoint; --profile_steps records the steps it names."""
 
+import gzip
 import json
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from torch.autograd import DeviceType
 
 import train_contrastive as tc
 import train_full
+import train_lm_head
 from common.pooling import find_decoder_layers
+from common.speed import kernel_time, step_profiler
 
 pytestmark = pytest.mark.usefixtures("reset_accelerate")
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
@@ -86,3 +92,65 @@ def test_packing_runs_fewer_positions_and_the_log_counts_them(tiny_pair_model, t
     packed = positions_per_token(tmp_path / "packed", "--pad_to_multiple_of", "64", "--pack_length", "64")
     # the demo's sentences are ~7 tokens: padded to 64 that is ~9 positions a token, packed in rows of 64 ~1.5
     assert padded > 5 and packed < padded / 4
+
+
+# --profile_steps: torch.profiler over chosen training steps
+
+def profiled_steps(folder: Path, first: int, last: int, start_step: int = 0) -> tuple[list[str], list[int]]:
+    """The summary's lines, and the training steps the Chrome trace holds (its ProfilerStep#k counts this
+    run's steps from 0)."""
+    lines = (folder / "profile" / f"steps_{first}-{last}.rank0.txt").read_text().splitlines()
+    trace = json.loads(gzip.decompress((folder / "profile" / f"trace_{first}-{last}.rank0.json.gz").read_bytes()))
+    steps = sorted(start_step + 1 + int(e["name"].split("#")[1])
+                   for e in trace["traceEvents"] if e.get("name", "").startswith("ProfilerStep#"))
+    return lines, steps
+
+
+@pytest.mark.parametrize("start_step", [0, 2])
+def test_the_profiler_records_the_steps_asked_for(tmp_path, start_step):
+    # step N sleeps 20 N ms: the mean wall time says which steps were recorded, not only how many
+    profiler = step_profiler("4-6", start_step, 8, str(tmp_path))
+    for step in range(start_step + 1, 9):
+        time.sleep(0.02 * step)
+        profiler.step()
+    profiler.stop()
+    lines, steps = profiled_steps(tmp_path, 4, 6, start_step)
+    assert lines[0] == "training steps recorded: 4, 5, 6" and steps == [4, 5, 6]
+    assert lines[1].startswith("wall time per step:")
+    assert float(lines[1].split()[-2]) == pytest.approx(100, abs=12)  # (80 + 100 + 120) / 3 ms
+
+
+def test_a_run_that_stops_early_says_which_steps_it_recorded(tmp_path):
+    profiler = step_profiler("2-5", 0, 8, str(tmp_path))
+    for _ in range(3):
+        profiler.step()
+    profiler.stop()  # after step 3
+    lines, steps = profiled_steps(tmp_path, 2, 5)
+    assert lines[0] == "training steps recorded: 2, 3" and steps[:2] == [2, 3]
+
+
+@pytest.mark.parametrize("spec", ["5", "a-b", "4-3", "0-2", "3-9"])
+def test_profile_steps_outside_the_run_are_a_clear_error(tmp_path, spec):
+    with pytest.raises(ValueError, match="--profile_steps"):
+        step_profiler(spec, 0, 8, str(tmp_path))
+    assert step_profiler("", 0, 8, str(tmp_path)) is None
+
+
+def test_device_busy_counts_each_kernel_once():
+    # as torch.profiler reports a GPU step: the operator that launched a kernel carries its time too, and the
+    # step's range on the GPU spans the kernels
+    def event(device, us, annotation=False):
+        return SimpleNamespace(device_type=device, self_device_time_total=us, is_user_annotation=annotation)
+    events = [event(DeviceType.CPU, 100), event(DeviceType.CUDA, 100), event(DeviceType.CUDA, 500, annotation=True),
+              event(DeviceType.CUDA, 20), event(DeviceType.CPU, 20)]
+    assert kernel_time(events) == 120
+
+
+@pytest.mark.parametrize("trainer", [tc, train_lm_head, train_full], ids=["stage1", "stage2", "stage3"])
+def test_every_trainer_profiles_the_steps_asked_for(tmp_path, trainer):
+    config = {tc: "stage1.yaml", train_lm_head: "stage2.yaml", train_full: "stage3.yaml"}[trainer]
+    trainer.main([str(DEMO / config), "--output_dir", str(tmp_path), "--max_steps", "3", "--logging_steps", "1",
+                  "--save_steps", "0", "--eval_steps", "100", "--report_to", "none", "--profile_steps", "2-3"])
+    lines, steps = profiled_steps(tmp_path, 2, 3)
+    assert lines[0] == "training steps recorded: 2, 3" and steps == [2, 3]
+    assert "aten::mm" in "\n".join(lines)  # the model's matrix products are in the table
