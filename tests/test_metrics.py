@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from common.data import sample_indices
-from common.metrics import alignment_metrics, require_finite
+from common.demo import tiny_llama
+from common.metrics import alignment_metrics, language_model_loss, require_finite
 
 
 def test_alignment_metrics_by_hand():
@@ -25,6 +26,37 @@ def test_alignment_metrics_by_hand():
     assert m["retrieval_ko_en"] == pytest.approx(1 / 3)
     # en->ko argmax per column: col0 -> 0, col1 -> 0, col2 -> 1: 1 of 3 right
     assert m["retrieval_en_ko"] == pytest.approx(1 / 3)
+
+
+def test_retrieval_each_way_by_hand():
+    # the two directions differ: ko_1 is nearest en_0 (a miss), while en_0 is nearest ko_0 and en_1 nearest ko_1
+    ko = torch.tensor([[1.0, 0.0], [1.0, 0.01]])
+    en = torch.tensor([[1.0, 0.0], [0.5, 1.0]])
+    m = alignment_metrics(ko, en)
+    assert m["retrieval_ko_en"] == 0.5 and m["retrieval_en_ko"] == 1.0
+
+
+def test_language_model_loss_is_the_mean_over_predicted_tokens():
+    """Batches of different sizes and label masks: the loss is the mean of -log p over every predicted token
+    (shifted label not -100) of all batches, not a mean of batch means."""
+    torch.manual_seed(0)
+    model = tiny_llama(50, hidden_size=32, num_layers=2, seed=3).eval()
+    ids = [torch.randint(4, 50, (2, 7)), torch.randint(4, 50, (1, 5))]
+    labels = ids[0].clone()
+    labels[0, :5] = -100  # a prompt: only its last tokens are predicted
+    batches = [{"input_ids": ids[0], "labels": labels}, {"input_ids": ids[1]}]
+    terms = []
+    for batch in batches:
+        target = batch.get("labels", batch["input_ids"])
+        logp = torch.log_softmax(model(input_ids=batch["input_ids"]).logits.float(), dim=-1)
+        for b in range(target.shape[0]):
+            for t in range(1, target.shape[1]):
+                if target[b, t] != -100:
+                    terms.append(-logp[b, t - 1, target[b, t]].item())
+    got = language_model_loss(model, batches, torch.device("cpu"))
+    assert got["tokens"] == len(terms) == 2 + 6 + 4
+    assert got["loss"] == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+    assert got["perplexity"] == pytest.approx(math.exp(sum(terms) / len(terms)), rel=1e-5)
 
 
 def test_centred_cosine_removes_a_shared_offset():

@@ -16,7 +16,7 @@ import pytest
 
 import train_contrastive as tc
 import train_lm_head
-from common.checkpoint import RunLock, find_checkpoint, resume_argument_changes
+from common.checkpoint import RunLock, find_checkpoint, resume_argument_changes, sorted_checkpoints
 from common.data import iter_parallel_jsonl
 from common.demo import tiny_llama, train_demo_tokenizer
 
@@ -98,6 +98,26 @@ def test_resume_accepts_bookkeeping_changes():
     assert [line.split(":")[0] for line in allowed] == ["--eval_steps", "--report_to", "--torch_compile"]
 
 
+@pytest.mark.parametrize("name, before, after", [
+    ("temperature", 0.05, 0.1), ("symmetric", True, False), ("cl_weight", 1.0, 0.5), ("lm_weight", 0.0, 0.1),
+    ("learning_rate", 2e-5, 1e-4), ("pooling", "mean", "last"), ("trainable", "all", "embeddings"),
+    ("mask_duplicates", True, False), ("block_size", 512, 1024),
+])
+def test_resume_refuses_a_change_to_the_loss_or_the_optimizer(name, before, after):
+    refused, allowed = resume_argument_changes({name: before}, {name: after})
+    assert [line.split(":")[0] for line in refused] == [f"--{name}"] and allowed == []
+
+
+def test_resume_refuses_another_file_and_accepts_the_same_file_by_another_path(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("x\n")
+    b.write_text("x\n")  # the same bytes, another file: a resume may not swap it in
+    (tmp_path / "link.jsonl").symlink_to(a)
+    refused, _ = resume_argument_changes({"train_file": str(a)}, {"train_file": str(b)})
+    assert [line.split(":")[0] for line in refused] == ["--train_file"]
+    assert resume_argument_changes({"train_file": str(a)}, {"train_file": str(tmp_path / "link.jsonl")}) == ([], [])
+
+
 def write_checkpoint(folder: Path, step: int, processes: int, states: list[int], export=True):
     (folder / "accelerate_state").mkdir(parents=True)
     for rank in states:
@@ -117,6 +137,13 @@ def test_latest_never_takes_an_incomplete_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"checkpoint-4 cannot be resumed from: it lacks "
                                                 r"accelerate_state/random_states_1.pkl"):
         find_checkpoint(str(tmp_path / "checkpoint-4"), str(tmp_path))
+
+
+def test_latest_is_the_highest_step_not_the_last_name(tmp_path):
+    for step in (2, 9, 10):
+        write_checkpoint(tmp_path / f"checkpoint-{step}", step, 1, [0])
+    assert [c.name for c in sorted_checkpoints(str(tmp_path))] == ["checkpoint-2", "checkpoint-9", "checkpoint-10"]
+    assert find_checkpoint("latest", str(tmp_path)) == (tmp_path / "checkpoint-10", 10)
 
 
 def test_two_processes_write_complete_checkpoints_even_when_one_lags(tmp_path):

@@ -131,12 +131,13 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model, tmp_path, script, r
 
 def test_instruction_prompt_tokens_carry_no_loss(tiny_model):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    rows = [tokenize_instruction(tokenizer, "선생님은 오늘", "책을 읽어요.", 64),
-            tokenize_instruction(tokenizer, "The teacher", "reads a book today.", 64)]
-    for row in rows:
-        n_prompt = row["labels"].count(-100)
-        assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
-        assert row["input_ids"][-1] == tokenizer.eos_token_id
+    texts = [("선생님은 오늘", "책을 읽어요."), ("The teacher", "reads a book today.")]
+    rows = [tokenize_instruction(tokenizer, prompt, response, 64) for prompt, response in texts]
+    for row, (prompt, response) in zip(rows, texts):
+        prompt_ids = tokenizer(prompt)["input_ids"]  # with BOS; the response without, then EOS
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        assert row["input_ids"] == prompt_ids + response_ids
+        assert row["labels"] == [-100] * len(prompt_ids) + response_ids
     tokenizer.padding_side = "left"  # as the Llama-2 tokenizer's: the trainer's collator pads on the right anyway
     batch = train_full.instruction_collator(tokenizer)(rows)
     lengths = batch["attention_mask"].sum(dim=1)
