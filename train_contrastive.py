@@ -73,7 +73,7 @@ from common.flops import layer_params, lm_params, peak_flops, stage1_flops
 from common.losses import duplicate_mask, gather, info_nce
 from common.metrics import alignment_metrics, require_finite
 from common.pooling import LayerMixture, is_llama_family, pack_sentences, pooled_layers
-from common.speed import compile_decoder_layers, load_lm, step_profiler
+from common.speed import compile_decoder_layers, load_lm, parse_profile_steps, step_profiler
 
 logger = logging.getLogger("train_contrastive")
 DEMO_CONFIG = demo_config("stage1")
@@ -349,6 +349,8 @@ def check_args(args: Arguments, num_layers: int) -> list[int]:
         raise ValueError(f"--pad_to_multiple_of must be >= 0, got {args.pad_to_multiple_of}")
     if args.pack_length < 0:
         raise ValueError(f"--pack_length must be >= 0, got {args.pack_length}")
+    if args.profile_steps:
+        parse_profile_steps(args.profile_steps)
     if args.cl_chunk_size < 0 or (args.cl_chunk_size and (args.objective_balance == "pcgrad"
                                                            or args.grad_conflict_steps)):
         raise ValueError("--cl_chunk_size must be >= 0, and it combines with --objective_balance sum only and "

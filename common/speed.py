@@ -43,6 +43,17 @@ def kernel_time(events) -> float:
                if e.device_type != DeviceType.CPU and not e.is_user_annotation)
 
 
+def parse_profile_steps(steps: str) -> tuple[int, int]:
+    """``--profile_steps`` "A-B" as (A, B), 1 <= A <= B; a clear error otherwise (trainers check it early)."""
+    try:
+        first, last = (int(s) for s in steps.split("-"))
+    except ValueError:
+        raise ValueError(f"--profile_steps {steps!r}: expected FIRST-LAST, e.g. 21-25") from None
+    if not 1 <= first <= last:
+        raise ValueError(f"--profile_steps {steps}: needs 1 <= FIRST <= LAST")
+    return first, last
+
+
 def step_profiler(steps: str, start_step: int, max_steps: int, output_dir: str,
                   rank: int = 0) -> torch.profiler.profile | None:
     """A started torch.profiler recording training steps A to B of ``steps`` = "A-B" (numbered as log.jsonl
@@ -58,10 +69,7 @@ def step_profiler(steps: str, start_step: int, max_steps: int, output_dir: str,
     """
     if not steps:
         return None
-    try:
-        first, last = (int(s) for s in steps.split("-"))
-    except ValueError:
-        raise ValueError(f"--profile_steps {steps!r}: expected FIRST-LAST, e.g. 21-25") from None
+    first, last = parse_profile_steps(steps)
     if not start_step < first <= last <= max_steps:
         raise ValueError(f"--profile_steps {steps}: needs {start_step} < FIRST <= LAST <= {max_steps}, the steps "
                          "this run will take")

@@ -187,6 +187,7 @@ def test_bad_parallel_line_names_file_and_line(tiny_model, tmp_path):
     (["--joint_forward", "--english_encoder", "frozen"], "not with --english_encoder frozen"),
     (["--pad_to_multiple_of", "-8"], "--pad_to_multiple_of must be >= 0"),
     (["--pack_length", "-1"], "--pack_length must be >= 0"),
+    (["--profile_steps", "20"], "--profile_steps '20': expected FIRST-LAST"),
 ])
 def test_bad_arguments_fail_before_the_model_is_loaded(tmp_path, flags, message):
     # a folder with a config but no weights: loading the model would fail with another error
