@@ -787,3 +787,10 @@ def test_watch_evaluates_each_complete_checkpoint_once_and_resumes(tmp_path, mon
     loaded.clear()
     ea.main(argv)  # nothing new: nothing loaded
     assert loaded == []
+
+
+def test_best_layer_uses_retrieval_both_ways():
+    """The best layer has the highest mean of ko->en and en->ko retrieval, not of one direction."""
+    layers = [{"layer": 0, "retrieval_ko_en": 0.9, "retrieval_en_ko": 0.1, "gap": 0},   # mean 0.5
+              {"layer": 1, "retrieval_ko_en": 0.6, "retrieval_en_ko": 0.6, "gap": 0}]   # mean 0.6
+    assert ea.best_layer(layers) == 1

@@ -3,14 +3,17 @@ the mixture's entropy penalty and temperature schedule, training only the new Ko
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 import train_contrastive as tc
 import train_full
+from common.data import iter_parallel_jsonl
 from common.demo import tiny_llama
 
 pytestmark = pytest.mark.usefixtures("reset_accelerate")
@@ -74,13 +77,21 @@ def test_no_cl_control_is_the_lm_loss_of_stage_3(tiny_model, tmp_path, reset_acc
     assert sorted(per_step(tmp_path / "control", "eval/gap")) == [0, 2, 4]  # alignment still measured
 
 
-def test_lm_ko_ratio_mixes_two_lm_files(tiny_model, tmp_path):
+def test_lm_ko_ratio_mixes_two_lm_files(tiny_model, tmp_path, monkeypatch):
+    sizes = []  # each sampler's global batch: the pairs', then the Korean and the English LM stream's
+    sampler = tc.LengthGroupedBatchSampler
+
+    def spy(lengths, batch_size, **kwargs):
+        sizes.append(batch_size)
+        return sampler(lengths, batch_size, **kwargs)
+    monkeypatch.setattr(tc, "LengthGroupedBatchSampler", spy)
     trained, _ = run(tiny_model, tmp_path, "--max_steps", "2", "--save_steps", "2", "--lm_weight", "0.5",
                      "--lm_train_file", KO_TEXT, "--lm_en_train_file", EN_TEXT, "--lm_ko_ratio", "0.75",
                      "--per_device_lm_batch_size", "4", "--block_size", "32")
     assert len(per_step(tmp_path, "lm_loss")) == 2
     args = json.loads((tmp_path / "checkpoint-2" / "training_args.json").read_text())
     assert args["lm_ko_ratio"] == 0.75 and args["lm_en_train_file"] == EN_TEXT
+    assert sizes == [8, 3, 1]  # 0.75 of the 4 LM blocks a step are Korean
 
 
 def test_mixture_entropy_penalty_and_temperature_schedule(tiny_model, tmp_path, reset_accelerate):
@@ -106,7 +117,12 @@ def test_mixture_entropy_penalty_and_temperature_schedule(tiny_model, tmp_path, 
 
 def test_new_token_embeddings_train_only_the_added_rows(tiny_model, tmp_path, reset_accelerate):
     before = load_file(str(tiny_model / "model.safetensors"))
-    base = 300  # pretend the rows from 300 on were added by a vocabulary expansion
+    # pretend the rows above the demo pairs' commonest token were added by a vocabulary expansion: the last base
+    # row is then in nearly every batch, and a mask one row short would let it train
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    texts = [row[side] for row in iter_parallel_jsonl(TRAIN) for side in ("ko", "en")]
+    counts = Counter(i for ids in tokenizer(texts)["input_ids"] for i in ids if i not in tokenizer.all_special_ids)
+    base = counts.most_common(1)[0][0] + 1
     run(tiny_model, tmp_path / "a", "--max_steps", "3", "--save_steps", "3", "--trainable", "new_token_embeddings",
         "--base_vocab_size", str(base))
     after = load_file(str(tmp_path / "a" / "checkpoint-3" / "model.safetensors"))
@@ -171,6 +187,7 @@ def test_combined_gradients_and_cosines_equal_two_separate_backward_passes():
     l1, l2 = (torch.cat([gs[i].reshape(-1) for i in idx]) for gs in separate)
     assert stats["grad_cos/layers_1-1"] == pytest.approx(torch.nn.functional.cosine_similarity(l1, l2, dim=0).item(),
                                                          rel=1e-5)
+    assert stats["grad_norm/cl"] == pytest.approx(flat1.norm().item(), rel=1e-5)
     assert stats["grad_norm/lm"] == pytest.approx(flat2.norm().item(), rel=1e-5)
     assert "grad_cos/embeddings" in stats
     assert "grad_cos/layers_2-2" not in stats  # the stand-in term never reaches layer 2: no cosine to report
@@ -181,11 +198,12 @@ def test_measuring_the_conflict_does_not_change_the_training(tiny_model, tmp_pat
     that never measures; and the schedules of the LM weight are what --lm_weight_schedule says."""
     common = ["--max_steps", "4", "--save_steps", "4", "--eval_steps", "100", "--lm_weight", "0.5",
               "--lm_train_file", KO_TEXT, "--block_size", "32", "--per_device_lm_batch_size", "2",
-              "--lm_weight_schedule", "warmup", "--pool_layer", "4"]
+              "--lm_weight_schedule", "warmup", "--mix_layers", "3-4", "--mix_learning_rate", "0.05",
+              "--mix_entropy_weight", "5", "--cl_weight", "0.5"]
     run(tiny_model, tmp_path / "plain", *common)
     reset_accelerate()
     run(tiny_model, tmp_path / "measured", *common, "--grad_conflict_steps", "2", "--grad_conflict_group_size", "2")
-    for key in ("cl_loss", "lm_loss"):
+    for key in ("cl_loss", "lm_loss", "layer_weight/3"):
         plain, measured = per_step(tmp_path / "plain", key), per_step(tmp_path / "measured", key)
         assert measured == pytest.approx(plain, rel=1e-5), key
     cos = per_step(tmp_path / "measured", "grad_cos/all")
@@ -201,8 +219,9 @@ def test_measuring_the_conflict_does_not_change_the_training(tiny_model, tmp_pat
 
 @pytest.mark.parametrize("variant", [
     ["--pool_layer", "3"],
-    ["--english_encoder", "frozen", "--mix_layers", "1-3", "--mix_learning_rate", "0.05"],
-    ["--lm_weight", "0.5", "--lm_train_file", KO_TEXT, "--block_size", "32", "--per_device_lm_batch_size", "2"],
+    ["--english_encoder", "frozen", "--mix_layers", "1-3", "--mix_learning_rate", "0.05", "--mix_entropy_weight", "5"],
+    ["--lm_weight", "0.5", "--lm_train_file", KO_TEXT, "--block_size", "32", "--per_device_lm_batch_size", "2",
+     "--cl_weight", "0.5"],
     ["--pool_layer", "2", "--joint_forward"],
 ])
 def test_gradient_caching_equals_the_whole_batch(tiny_model, tmp_path, reset_accelerate, variant):
@@ -223,6 +242,12 @@ def test_gradient_caching_equals_the_whole_batch(tiny_model, tmp_path, reset_acc
         w = [json.loads((tmp_path / d / "checkpoint-8" / "layer_weights.json").read_text())
              for d in ("whole", "chunked")]
         assert w[1] == pytest.approx(w[0], rel=1e-4)
+
+
+def test_ddp_searches_for_unused_parameters_when_a_loss_is_off():
+    assert not tc.ddp_kwargs(0.5, 1.0).find_unused_parameters
+    assert tc.ddp_kwargs(0.0, 1.0).find_unused_parameters  # no LM loss: the head and upper layers get no gradient
+    assert tc.ddp_kwargs(0.5, 0.0).find_unused_parameters  # the no-CL control: the mixture gets none
 
 
 def test_model_flops_count_the_layers_each_side_passes_through():

@@ -123,3 +123,10 @@ def test_help_runs_as_a_module_from_the_repository_root():
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "--plain_text_unit" in result.stdout and "runs/data/mono" in result.stdout
+
+
+def test_document_of_exactly_min_chars_is_kept():
+    """--min_chars is the shortest length kept: a document of exactly that many characters passes."""
+    work = prepare_mono.DocumentWork("ko", 5, 0)
+    assert work.verdict("가나다라마", None)[0] is None
+    assert work.verdict("가나다라", None)[0] == "too_short"

@@ -436,3 +436,11 @@ def test_line_aligned_files_given_as_inputs_get_a_hint(tmp_path):
     _, pairs = run(tmp_path, "--ko_files", str(tmp_path / "a.ko"), "--en_files", str(tmp_path / "a.en"),
                    "--validation_ratio", "0")
     assert [(p["ko"], p["en"]) for p in pairs["train"]] == [("하나", "one")]
+
+
+def test_min_chars_applies_to_both_sides():
+    """--min_chars removes a pair whose English side (not only its Korean side) is too short."""
+    args = prepare_parallel.Arguments(min_chars=3)
+    assert prepare_parallel.pair_filter("안녕하세요", "hi", args) == "too_short"
+    assert prepare_parallel.pair_filter("안녕", "hello", args) == "too_short"
+    assert prepare_parallel.pair_filter("안녕하세요", "hello", args) is None

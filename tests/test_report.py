@@ -209,3 +209,18 @@ def test_end_to_end_two_demo_runs_and_the_base_model(tmp_path, reset_accelerate)
     assert result["plots"][:2] == ["agreement_vs_step.png", "training_curves.png"] or not arc.is_dir()
     for name in result["plots"]:
         assert (out / name).read_bytes()[:8] == PNG
+
+
+def test_run_pooling_is_described_by_the_newest_checkpoint(tmp_path):
+    """A mixture run's heading names the layer weights of its newest evaluated checkpoint, not its oldest."""
+    run = tmp_path / "runs" / "mix"
+    old, new = (checkpoint(run, s, mix_layers="1-3") for s in (200, 400))
+    results = {"mix/checkpoint-200": {"source": old, "role": "checkpoint", **scores(0.3, 0.3, 0.3, 0.1),
+                                      "representation": rep(0.5, pooled([1, 2, 3], [0.6, 0.3, 0.1], trained_by=old))},
+               "mix/checkpoint-400": {"source": new, "role": "checkpoint", **scores(0.3, 0.3, 0.3, 0.1),
+                                      "representation": rep(0.6, pooled([1, 2, 3], [0.1, 0.2, 0.7], trained_by=new))}}
+    write_json(tmp_path / "eval" / "results.json", results)
+    out = tmp_path / "report"
+    result = report.main([str(run), str(tmp_path / "eval"), "--output_dir", str(out), "--no_plots"])
+    assert result["runs"][0]["pooled"] == "mix 1-3 (top 3: 0.700), mean"
+    assert "## mix (mix 1-3 (top 3: 0.700), mean)" in (out / "report.md").read_text(encoding="utf-8")

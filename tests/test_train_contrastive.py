@@ -156,7 +156,7 @@ def test_resume_latest_save_limits_and_log(tiny_model, tmp_path, reset_accelerat
     assert [r["step"] for r in read_log(tmp_path) if "cl_loss" in r] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
-def test_repeated_sentences_are_found_on_each_side(tiny_model, tmp_path):
+def test_repeated_sentences_are_found_on_each_side(tiny_model, tmp_path, reset_accelerate):
     """One batch holding a Korean sentence with two translations and an English sentence with two sources: the
     logged dup_masked counts the 4 cells of the global batch that InfoNCE leaves out (each repeat, both ways)."""
     demo = list(iter_parallel_jsonl(TRAIN))[:4]
@@ -164,9 +164,18 @@ def test_repeated_sentences_are_found_on_each_side(tiny_model, tmp_path):
     rows = [(a, x), (a, y), (b, z), (c, z), (d, w)]
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"ko": k, "en": e}, ensure_ascii=False) + "\n" for k, e in rows))
-    run(tiny_model, tmp_path / "out", "--train_file", str(pairs), "--per_device_train_batch_size", "5",
-        "--max_steps", "1", "--save_steps", "0", "--eval_steps", "100")
-    assert [r["dup_masked"] for r in read_log(tmp_path / "out") if "dup_masked" in r] == [4]
+    def step_one(out, *extra):
+        reset_accelerate()
+        run(tiny_model, tmp_path / out, "--train_file", str(pairs), "--per_device_train_batch_size", "5",
+            "--max_steps", "1", "--save_steps", "0", "--eval_steps", "100", *extra)
+        return [(r["dup_masked"], r["cl_loss"]) for r in read_log(tmp_path / out) if "cl_loss" in r]
+    [(masked, loss)] = step_one("masked")
+    assert masked == 4
+    # the cells are left out of the loss, in one batch and in chunks alike; without masking they count
+    [(_, chunked)] = step_one("chunked", "--cl_chunk_size", "2")
+    assert chunked == pytest.approx(loss, rel=1e-5)
+    [(_, unmasked)] = step_one("unmasked", "--no_mask_duplicates")
+    assert unmasked > loss + 1e-3
 
 
 def test_bad_parallel_line_names_file_and_line(tiny_model, tmp_path):

@@ -108,7 +108,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model, tmp_path, script, r
     rows = [{"prompt": f"질문 {i}: 가 나", "response": f"답 {i} 다 라"} for i in range(10)]
     sft.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     extra = ["--en_train_file", str(DEMO / "mono_en_train.txt"), "--ko_ratio", "0.75", "--instruction_file", str(sft),
-             "--per_device_instruction_batch_size", "3"] if script is train_full else []
+             "--per_device_instruction_batch_size", "3", "--instruction_weight", "0.5"] if script is train_full else []
     common = ["--max_steps", "8", "--save_steps", "4", "--eval_steps", "4", "--warmup_ratio", "0.25",
               "--save_state_limit", "0", *extra]
     script.main(demo_args(tiny_model, tmp_path / "full", *common))
@@ -127,6 +127,8 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model, tmp_path, script, r
         torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7)
     if script is train_full:
         assert all("sft_loss" in full[s] for s in range(1, 9))
+        for s in range(1, 9):  # --instruction_weight 0.5 weighs the instruction loss in the sum
+            assert full[s]["loss"] == pytest.approx(full[s]["text_loss"] + 0.5 * full[s]["sft_loss"], rel=1e-6)
 
 
 def test_instruction_prompt_tokens_carry_no_loss(tiny_model):
