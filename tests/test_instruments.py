@@ -94,6 +94,25 @@ def test_lm_ko_ratio_mixes_two_lm_files(tiny_model, tmp_path, monkeypatch):
     assert sizes == [8, 3, 1]  # 0.75 of the 4 LM blocks a step are Korean
 
 
+def test_an_epoch_is_as_long_as_the_longer_stream(tiny_model, tmp_path, monkeypatch):
+    """--num_train_epochs counts the steps of the longer of the two streams cycled 1:1: here the LM text's."""
+    pairs, text = tmp_path / "pairs.jsonl", tmp_path / "ko.txt"
+    pairs.write_text("".join(Path(TRAIN).read_text(encoding="utf-8").splitlines(keepends=True)[:16]), encoding="utf-8")
+    text.write_text("".join(Path(KO_TEXT).read_text(encoding="utf-8").splitlines(keepends=True)[:12]), encoding="utf-8")
+    lengths = []  # batches per epoch of each stream's sampler: the pairs', then the LM text's
+    sampler = tc.LengthGroupedBatchSampler
+
+    def spy(*args, **kwargs):
+        lengths.append(len(built := sampler(*args, **kwargs)))
+        return built
+    monkeypatch.setattr(tc, "LengthGroupedBatchSampler", spy)
+    run(tiny_model, tmp_path / "out", "--train_file", str(pairs), "--num_train_epochs", "1", "--save_steps", "0",
+        "--eval_steps", "100", "--lm_weight", "0.5", "--lm_train_file", str(text), "--block_size", "32",
+        "--per_device_lm_batch_size", "2")
+    assert lengths[0] == 2 and lengths[1] > 2  # 16 pairs in batches of 8; the text makes more LM batches
+    assert sorted(per_step(tmp_path / "out", "cl_loss")) == list(range(1, lengths[1] + 1))
+
+
 def test_mixture_entropy_penalty_and_temperature_schedule(tiny_model, tmp_path, reset_accelerate):
     common = ["--max_steps", "6", "--save_steps", "6", "--eval_steps", "100", "--mix_layers", "0-4",
               "--mix_learning_rate", "0.05"]

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, HfArgumentParser
 
 import train_contrastive as tc
-from common.data import DataError, iter_parallel_jsonl
+from common.data import DataError, ParallelCollator, iter_parallel_jsonl
 from common.demo import tiny_llama, train_demo_tokenizer
 
 pytestmark = pytest.mark.usefixtures("reset_accelerate")
@@ -176,6 +176,17 @@ def test_repeated_sentences_are_found_on_each_side(tiny_model, tmp_path, reset_a
     assert chunked == pytest.approx(loss, rel=1e-5)
     [(_, unmasked)] = step_one("unmasked", "--no_mask_duplicates")
     assert unmasked > loss + 1e-3
+
+
+def test_per_source_metrics_from_the_minimum_count_of_pairs_up():
+    """A source with exactly --min_source_pairs validation pairs gets its own metrics; one with fewer does not."""
+    model = tc.ContrastiveModel(tiny_llama(40, hidden_size=32, num_layers=2, seed=0), layers=[1], bos_token_id=1)
+    rows = [{"ko_ids": [1, 4 + i, 10 + i], "en_ids": [1, 20 + i], "ko_key": i, "en_key": 100 + i} for i in range(5)]
+    loader = [ParallelCollator(train_demo_tokenizer(["a b c"]))(rows)]
+    metrics = tc.evaluate(model, loader, "cpu", sources=["a"] * 3 + ["b"] * 2, min_source_pairs=2)
+    assert "a/gap" in metrics and "b/gap" in metrics
+    metrics = tc.evaluate(model, loader, "cpu", sources=["a"] * 3 + ["b"] * 2, min_source_pairs=3)
+    assert "a/gap" in metrics and "b/gap" not in metrics
 
 
 def test_bad_parallel_line_names_file_and_line(tiny_model, tmp_path):
