@@ -77,38 +77,39 @@ def test_no_cl_control_is_the_lm_loss_of_stage_3(tiny_model, tmp_path, reset_acc
     assert sorted(per_step(tmp_path / "control", "eval/gap")) == [0, 2, 4]  # alignment still measured
 
 
-def test_lm_ko_ratio_mixes_two_lm_files(tiny_model, tmp_path, monkeypatch):
-    sizes = []  # each sampler's global batch: the pairs', then the Korean and the English LM stream's
+@pytest.fixture
+def samplers(monkeypatch) -> list:
+    """The batch samplers stage 1 builds, in order: the pairs', then each LM stream's."""
+    built = []
     sampler = tc.LengthGroupedBatchSampler
 
-    def spy(lengths, batch_size, **kwargs):
-        sizes.append(batch_size)
-        return sampler(lengths, batch_size, **kwargs)
+    def spy(*args, **kwargs):
+        built.append(sampler(*args, **kwargs))
+        return built[-1]
     monkeypatch.setattr(tc, "LengthGroupedBatchSampler", spy)
+    return built
+
+
+def test_lm_ko_ratio_mixes_two_lm_files(tiny_model, tmp_path, samplers):
     trained, _ = run(tiny_model, tmp_path, "--max_steps", "2", "--save_steps", "2", "--lm_weight", "0.5",
                      "--lm_train_file", KO_TEXT, "--lm_en_train_file", EN_TEXT, "--lm_ko_ratio", "0.75",
                      "--per_device_lm_batch_size", "4", "--block_size", "32")
     assert len(per_step(tmp_path, "lm_loss")) == 2
     args = json.loads((tmp_path / "checkpoint-2" / "training_args.json").read_text())
     assert args["lm_ko_ratio"] == 0.75 and args["lm_en_train_file"] == EN_TEXT
-    assert sizes == [8, 3, 1]  # 0.75 of the 4 LM blocks a step are Korean
+    # global batches: the pairs', then the Korean and the English LM stream's (0.75 of the 4 blocks are Korean)
+    assert [s.batch_size for s in samplers] == [8, 3, 1]
 
 
-def test_an_epoch_is_as_long_as_the_longer_stream(tiny_model, tmp_path, monkeypatch):
+def test_an_epoch_is_as_long_as_the_longer_stream(tiny_model, tmp_path, samplers):
     """--num_train_epochs counts the steps of the longer of the two streams cycled 1:1: here the LM text's."""
     pairs, text = tmp_path / "pairs.jsonl", tmp_path / "ko.txt"
     pairs.write_text("".join(Path(TRAIN).read_text(encoding="utf-8").splitlines(keepends=True)[:16]), encoding="utf-8")
     text.write_text("".join(Path(KO_TEXT).read_text(encoding="utf-8").splitlines(keepends=True)[:12]), encoding="utf-8")
-    lengths = []  # batches per epoch of each stream's sampler: the pairs', then the LM text's
-    sampler = tc.LengthGroupedBatchSampler
-
-    def spy(*args, **kwargs):
-        lengths.append(len(built := sampler(*args, **kwargs)))
-        return built
-    monkeypatch.setattr(tc, "LengthGroupedBatchSampler", spy)
     run(tiny_model, tmp_path / "out", "--train_file", str(pairs), "--num_train_epochs", "1", "--save_steps", "0",
         "--eval_steps", "100", "--lm_weight", "0.5", "--lm_train_file", str(text), "--block_size", "32",
         "--per_device_lm_batch_size", "2")
+    lengths = [len(s) for s in samplers]  # batches per epoch: the pairs', then the LM text's
     assert lengths[0] == 2 and lengths[1] > 2  # 16 pairs in batches of 8; the text makes more LM batches
     assert sorted(per_step(tmp_path / "out", "cl_loss")) == list(range(1, lengths[1] + 1))
 
