@@ -33,7 +33,9 @@ from pathlib import Path
 
 from common.args import parse_arguments
 from common.cli import run_main
-from eval_agreement import STEP_RE, describe_pooling, fmt, json_safe, pooling_key, trained_pooling
+from evaluation import STEP_RE
+from evaluation.render import fmt, json_safe
+from evaluation.representation import describe_pooling, pooling_key, trained_pooling
 
 logger = logging.getLogger("report")
 

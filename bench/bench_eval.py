@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import eval_agreement as ea
+from evaluation.tasks import evaluate_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -95,7 +96,7 @@ def main():
         lm._model_call = timed_call
         timers.update(forward=0.0, log_softmax=0.0, padded_tokens=0)
         t0 = time.perf_counter()
-        stats, _ = ea.evaluate_pair(lm, pair, seed=1234)
+        stats, _ = evaluate_pair(lm, pair, seed=1234)
         total = time.perf_counter() - t0
         rest = total - timers["forward"] - timers["log_softmax"]
         print(f"batch {bs:3d}: {total:7.1f}s total | "

@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
 
 import eval_agreement as ea
+from common import stats
 from common.data import sample_indices
 from common.demo import train_demo_tokenizer
 from common.metrics import alignment_metrics
 from common.pooling import find_decoder_layers, layer_states
+from evaluation import representation, tasks
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"  # as conftest's shared_data fixture (module-scoped use here)
@@ -32,12 +34,12 @@ LIMIT = 6
 
 def test_cohen_kappa_hand_computed():
     # p_o = 4/5; marginals a: 0:2/5 1:2/5 2:1/5, b: 0:1/5 1:3/5 2:1/5 -> p_e = (2 + 6 + 1) / 25 = 0.36
-    assert ea.cohen_kappa([0, 0, 1, 1, 2], [0, 1, 1, 1, 2]) == pytest.approx((0.8 - 0.36) / (1 - 0.36))
-    assert ea.cohen_kappa([0, 1, 2, 3], [0, 1, 2, 3]) == pytest.approx(1.0)
-    assert ea.cohen_kappa([0, 1], [1, 0]) == pytest.approx(-1.0)  # p_o = 0, p_e = 1/2
+    assert stats.cohen_kappa([0, 0, 1, 1, 2], [0, 1, 1, 1, 2]) == pytest.approx((0.8 - 0.36) / (1 - 0.36))
+    assert stats.cohen_kappa([0, 1, 2, 3], [0, 1, 2, 3]) == pytest.approx(1.0)
+    assert stats.cohen_kappa([0, 1], [1, 0]) == pytest.approx(-1.0)  # p_o = 0, p_e = 1/2
     # independent-looking labels: p_o = 1/2, p_e = 1/2 -> 0
-    assert ea.cohen_kappa([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.0)
-    assert ea.cohen_kappa([2, 2, 2], [2, 2, 2]) is None  # p_e = 1: undefined, not 0/0 = nan in the JSON
+    assert stats.cohen_kappa([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(0.0)
+    assert stats.cohen_kappa([2, 2, 2], [2, 2, 2]) is None  # p_e = 1: undefined, not 0/0 = nan in the JSON
 
 
 def test_cohen_kappa_matches_sklearn():
@@ -46,14 +48,14 @@ def test_cohen_kappa_matches_sklearn():
     for _ in range(5):
         a = torch.randint(0, 5, (40,), generator=g).tolist()
         b = [x if torch.rand(1, generator=g).item() < 0.6 else torch.randint(0, 4, (1,), generator=g).item() for x in a]
-        assert ea.cohen_kappa(a, b) == pytest.approx(sklearn_metrics.cohen_kappa_score(a, b))
+        assert stats.cohen_kappa(a, b) == pytest.approx(sklearn_metrics.cohen_kappa_score(a, b))
 
 
 def test_agreement_stats_hand_computed():
     gold = [0, 1, 2, 0, 1, 3]
     en = [0, 1, 0, 0, 2, 3]  # right: 0, 1, 3, 5
     ko = [0, 2, 0, 1, 2, 3]  # right: 0, 5
-    s = ea.agreement_stats(gold, en, ko)
+    s = stats.agreement_stats(gold, en, ko)
     assert s["n"] == 6
     assert s["acc_en"] == pytest.approx(4 / 6) and s["acc_ko"] == pytest.approx(2 / 6)
     # same choice on items 0, 2, 4, 5: items 2 and 4 agree while both wrong, which the 2x2 table cannot show
@@ -63,13 +65,13 @@ def test_agreement_stats_hand_computed():
     # en counts 0:3 1:1 2:1 3:1, ko counts 0:2 1:1 2:2 3:1 -> p_e = (6 + 1 + 2 + 1) / 36
     p_o, p_e = 24 / 36, 10 / 36
     assert s["kappa"] == pytest.approx((p_o - p_e) / (1 - p_e))
-    assert ea.agreement_stats([0, 1], [1, 0], [1, 0])["agreement_en_right"] is None  # no item right in English
+    assert stats.agreement_stats([0, 1], [1, 0], [1, 0])["agreement_en_right"] is None  # no item right in English
 
 
 def test_predictions_acc_and_acc_norm():
     # raw: choice 0 (-10) wins; per character: -10/2 = -5, -12/12 = -1, -30/10 = -3 -> choice 1
-    assert ea.predictions([-10.0, -12.0, -30.0], ["ab", "abcdefghijkl", "abcdefghij"]) == (0, 1)
-    assert ea.predictions([-1.0, -1.0], ["x", "y"]) == (0, 0)  # ties go to the first choice, as np.argmax
+    assert tasks.predictions([-10.0, -12.0, -30.0], ["ab", "abcdefghijkl", "abcdefghij"]) == (0, 1)
+    assert tasks.predictions([-1.0, -1.0], ["x", "y"]) == (0, 0)  # ties go to the first choice, as np.argmax
 
 
 # ----------------------------------------------------------------------------- tiny models
@@ -184,7 +186,7 @@ def test_end_to_end_real_arc(real_run):
                                 "loglik_en", "loglik_ko"}
         s = r[PAIR]
         # the summary is the per-item file counted again, and lm-eval's own accuracies agree
-        recount = ea.agreement_stats([x["gold"] for x in rows], [x["pred_en"] for x in rows],
+        recount = stats.agreement_stats([x["gold"] for x in rows], [x["pred_en"] for x in rows],
                                      [x["pred_ko"] for x in rows])
         for key in ("acc_en", "acc_ko", "agreement", "kappa", "table", "agreement_en_right"):
             assert s[key] == recount[key]
@@ -359,7 +361,7 @@ def test_pair_may_name_lm_eval_builtin_tasks_offline(tmp_path, shared_data, monk
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    lookup = ea.TaskLookup([])
+    lookup = tasks.TaskLookup([])
     assert set(lookup.ours.all_subtasks) >= {"koen_arc_challenge_en", "koen_arc_challenge_ko"}
     assert "koen_arc" in lookup.ours.all_tags
     assert lookup.manager_for(*ea.DEFAULT_PAIR.split(":")) is lookup.ours
@@ -368,7 +370,7 @@ def test_pair_may_name_lm_eval_builtin_tasks_offline(tmp_path, shared_data, monk
         manager = lookup.manager_for("arc_easy", "koen_arc_challenge_ko")
     assert manager is lookup.with_defaults
     assert "overrides existing task" not in caplog.text  # our names collide with no built-in task
-    cfg = ea.task_config(manager, "arc_easy", None)  # the built-in YAML, its dataset not loaded
+    cfg = tasks.task_config(manager, "arc_easy", None)  # the built-in YAML, its dataset not loaded
     assert cfg["task"] == "arc_easy" and cfg["dataset_path"] == "allenai/ai2_arc"
     with pytest.raises(ea.EvalError, match="unknown task 'nope': not among lm-eval's built-in tasks"):
         lookup.manager_for("arc_easy", "nope")
@@ -393,17 +395,17 @@ def test_read_pairs_samples_the_whole_file_by_source(tmp_path):
     path = tmp_path / "pairs.jsonl"
     write_items(path, rows)
     pairs = ea.read_pairs(str(path), 20, seed=5)
-    sources = ["big"] * 90 + [ea.NO_SOURCE] * 10
+    sources = ["big"] * 90 + [representation.NO_SOURCE] * 10
     picked = sample_indices(sources, 20, seed=5)
     assert pairs["ko"] == [rows[i]["ko"] for i in picked] and pairs["en"] == [rows[i]["en"] for i in picked]
     assert pairs["source"] == [sources[i] for i in picked] and pairs["rows_in_file"] == 100
-    assert pairs["source"].count(ea.NO_SOURCE) == 2 and max(picked) > 20  # not the first 20 rows
+    assert pairs["source"].count(representation.NO_SOURCE) == 2 and max(picked) > 20  # not the first 20 rows
     assert ea.read_pairs(str(path), 20, seed=5) == pairs
-    assert ea.source_groups(pairs["source"], 2) == {
-        "(no source)": [i for i, s in enumerate(pairs["source"]) if s == ea.NO_SOURCE],
+    assert representation.source_groups(pairs["source"], 2) == {
+        "(no source)": [i for i, s in enumerate(pairs["source"]) if s == representation.NO_SOURCE],
         "big": [i for i, s in enumerate(pairs["source"]) if s == "big"]}
-    assert list(ea.source_groups(pairs["source"], 3)) == ["big"]  # under --min_source_pairs: overall only
-    assert ea.source_groups(["big"] * 5, 2) == {}  # one source: the overall metrics already are its metrics
+    assert list(representation.source_groups(pairs["source"], 3)) == ["big"]  # under --min_source_pairs: overall only
+    assert representation.source_groups(["big"] * 5, 2) == {}  # one source: the overall metrics already are its metrics
 
 
 def hangul_task(texts: list[str], choices: list[list[str]]):
@@ -425,12 +427,12 @@ def test_hangul_share_by_hand():
         [["빨강", "파랑"], ["red", "blue"], ["x"], ["2", "3"], ["사과", "바나나"]])
     # Hangul letters of question + choices: all / none / 2 of 9 (Q 사 과 a p p l e x) / no letter, not counted /
     # 5 of 8 (Q a b 사 과 바 나 나): 2 of the 4 counted documents are mostly Hangul
-    assert ea.hangul_share(task) == (pytest.approx(2 / 4), 4)
-    assert ea.hangul_share(hangul_task(["1 2 3"], [["4"]])) == (None, 0)
+    assert tasks.hangul_share(task) == (pytest.approx(2 / 4), 4)
+    assert tasks.hangul_share(hangul_task(["1 2 3"], [["4"]])) == (None, 0)
     # a large task: max_docs documents spread evenly from the first to the last (here 0, 3, 6, 9 of 10)
     ko_then_en = hangul_task(["가나"] * 4 + ["ab"] * 6, [[]] * 10)
-    assert ea.hangul_share(ko_then_en, max_docs=4) == (pytest.approx(2 / 4), 4)
-    assert ea.hangul_share(ko_then_en, max_docs=100) == (pytest.approx(4 / 10), 10)
+    assert tasks.hangul_share(ko_then_en, max_docs=4) == (pytest.approx(2 / 4), 4)
+    assert tasks.hangul_share(ko_then_en, max_docs=100) == (pytest.approx(4 / 10), 10)
 
 
 def test_files_in_the_wrong_language_are_refused(tmp_path):
@@ -469,7 +471,7 @@ def test_hub_dataset_fails_fast_offline_or_unreachable(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens, refused at once
-    monkeypatch.setattr(ea, "_hub_probe", {})
+    monkeypatch.setattr(tasks, "_hub_probe", {})
     start = time.perf_counter()
     with pytest.raises(ea.EvalError, match=r"task koen_arc_challenge_en reads the hub dataset 'allenai/ai2_arc', "
                                            r"but the hub cannot be reached \(http://127.0.0.1:9: "
@@ -718,7 +720,7 @@ def test_trained_pooling_reads_the_run_and_follows_later_stages(tmp_path):
     spec = ea.trained_pooling(str(mix))
     assert spec["layers"] == [2, 4, 5] and spec["weights"] == [0.2, 0.5, 0.3] and spec["normalize"] is False
     assert spec["pooling"] == "last" and spec["batch_size"] == 7 and ea.top_layer(spec) == 4
-    assert ea.describe_pooling(spec) == "mix 2,4,5 (top 4: 0.500), last"
+    assert representation.describe_pooling(spec) == "mix 2,4,5 (top 4: 0.500), last"
     stage2 = save_run_config(tmp_path / "stage2" / "checkpoint-9", model_name_or_path=str(middle), block_size=64)
     stage3 = save_run_config(tmp_path / "stage3" / "checkpoint-9", model_name_or_path=str(stage2), ko_ratio=0.5)
     spec = ea.trained_pooling(str(stage3))

@@ -1,0 +1,198 @@
+"""Tables and plots of evaluation results: results.md and the PNGs of eval_agreement.py, and the pieces report.py
+draws with."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from evaluation import STEP_RE
+from evaluation.representation import describe_pooling
+
+if TYPE_CHECKING:  # the argument dataclass of eval_agreement.py
+    from eval_agreement import Arguments
+
+logger = logging.getLogger("eval_agreement")
+
+
+def fmt(x, digits=4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def report_layer_of(result: dict, spec: str) -> int | None:
+    layers = result.get("layers")
+    if not layers:
+        return None
+    if spec == "best":
+        return result["best_layer"]
+    if spec == "middle" or (spec == "trained" and result.get("trained_layer") is None):
+        return (len(layers) - 1) // 2
+    if spec == "trained":
+        return min(result["trained_layer"], len(layers) - 1)
+    return min(int(spec), len(layers) - 1)
+
+
+def table(head: list[str], rows: list[list[str]]) -> str:
+    return "\n".join([f"| {' | '.join(head)} |", "|" + "---|" * len(head)] + [f"| {' | '.join(r)} |" for r in rows])
+
+
+def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments) -> None:
+    many = len(pairs) > 1
+    head = ["model"]
+    for p in pairs:
+        suffix = f" ({p['en']}/{p['ko']})" if many else ""
+        head += [f"{p['en']} acc", f"{p['ko']} acc", f"agreement{suffix}", f"kappa{suffix}",
+                 f"both right / only EN / only KO / both wrong{suffix}"]
+    has_rep = any(r.get("representation") for r in results.values())
+    if has_rep:
+        head += ["pooled (as trained)", "cos", "gap", "retrieval ko->en", "retrieval en->ko"]
+    rows = []
+    for model, r in results.items():
+        row = [model]
+        for p in pairs:
+            s = r.get(p["name"])
+            if s is None:
+                row += ["-"] * 5
+                continue
+            t = s["table"]
+            row += [fmt(s["acc_en"]), fmt(s["acc_ko"]), fmt(s["agreement"]), fmt(s["kappa"]),
+                    f"{t['both_right']} / {t['only_en_right']} / {t['only_ko_right']} / {t['both_wrong']}"]
+        if has_rep:
+            rep = r.get("representation")
+            if rep is None:
+                row += ["-"] * 5
+            else:
+                row += [describe_pooling(rep["pooled"]) + (" (as step 0)" if rep["pooled"].get("like_run") else ""),
+                        fmt(rep["parallel_cos"]), fmt(rep["gap"]), fmt(rep["retrieval_ko_en"]),
+                        fmt(rep["retrieval_en_ko"])]
+        rows.append(row)
+    lines = [table(head, rows)]
+    layer_rows = []
+    for model, r in results.items():
+        layer = report_layer_of(r, args.report_layer)
+        if layer is not None:
+            m, pooled = r["layers"][layer], r.get("layers_pooled", {})
+            layer_rows.append([model, str(layer), fmt(m["parallel_cos"]), fmt(m["gap"]), fmt(m["retrieval_ko_en"]),
+                               fmt(m["retrieval_en_ko"]), str(r["best_layer"]),
+                               pooled.get("pooling", "-") + (", BOS" if pooled.get("include_bos") else "")])
+    if layer_rows:
+        lines.append(f"\nPer-layer metrics (both languages through the model) at the reported layer "
+                     f"({args.report_layer}):\n")
+        lines.append(table(["model", "layer", "cos", "gap", "retrieval ko->en", "retrieval en->ko", "best layer",
+                            "pooling"], layer_rows))
+    text = "# EN/KO agreement\n\n" + "\n".join(lines) + "\n"
+    if pairs:
+        norm_head = ["model"]
+        for p in pairs:
+            norm_head += [f"{p['en']} acc_norm", f"{p['ko']} acc_norm", "agreement", "kappa"]
+        norm = [f"| {' | '.join(norm_head)} |", "|" + "---|" * len(norm_head)]
+        for model, r in results.items():
+            row = [model]
+            for p in pairs:
+                s = r.get(p["name"], {})
+                row += [fmt(s.get("acc_norm_en")), fmt(s.get("acc_norm_ko")), fmt(s.get("agreement_norm")),
+                        fmt(s.get("kappa_norm"))]
+            norm.append(f"| {' | '.join(row)} |")
+        text += "\nWith acc_norm predictions (log-likelihood / characters of the choice):\n\n" + "\n".join(norm) + "\n"
+    by_source = [(model, r) for model, r in results.items() if r.get("layers_by_source")]
+    if by_source:
+        src_head = ["model", "source", "pairs", "layer", "gap", "centred cos", "centred random cos",
+                    "retrieval ko->en", "retrieval en->ko"]
+        src = [f"| {' | '.join(src_head)} |", "|" + "---|" * len(src_head)]
+        for model, r in by_source:
+            layer = report_layer_of(r, args.report_layer)
+            for source, layers in r["layers_by_source"].items():
+                m = layers[layer]
+                src.append(f"| {model} | {source} | {r['layer_pairs']['by_source'][source]} | {layer} | "
+                           f"{fmt(m['gap'])} | {fmt(m['centred_cos'])} | {fmt(m['centred_random_cos'])} | "
+                           f"{fmt(m['retrieval_ko_en'])} | {fmt(m['retrieval_en_ko'])} |")
+        text += "\nLayer metrics per source (retrieval among the pairs of that source):\n\n" + "\n".join(src) + "\n"
+    n = {p["name"]: len(p["en_idx"]) for p in pairs}
+    text += f"\nItems per pair: {n}. Layers: 0 = embeddings, L = output of decoder layer L (N before the final norm); "
+    text += (f"reported layer: {args.report_layer}. \"pooled (as trained)\": each checkpoint as its run pooled "
+             "(training_args.json, layer_weights.json; English through the frozen starting model for a frozen run), "
+             "each baseline as the runs it is compared with at their step 0.\n")
+    sample = next((r["layer_pairs"] for r in results.values() if r.get("layer_pairs")), None)
+    if sample:
+        text += (f"Layer metrics on {sample['sampled']} of the {sample['rows_in_file']} pairs of "
+                 f"{args.parallel_file} (seeded sample, seed {sample['seed']}, stratified by source: "
+                 f"{sample['by_source']}).\n")
+    path.write_text(text, encoding="utf-8")
+
+
+def plot_accuracy_vs_step(plt, path: Path, results: dict, pairs: list[dict], stepped: dict[str, int]) -> None:
+    """One panel per pair: acc_en, acc_ko and agreement against the step of the models named like a
+    checkpoint (``stepped``: {model: step}), one line per run folder."""
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4), squeeze=False)
+    for ax, p in zip(axes[0], pairs):
+        runs = {}
+        for m, step in stepped.items():
+            if p["name"] in results[m]:
+                folder = Path(results[m]["source"]).parent.name or "run"
+                runs.setdefault(folder, []).append((step, results[m][p["name"]]))
+        for run, points in runs.items():
+            points.sort(key=lambda x: x[0])
+            steps = [s for s, _ in points]
+            for key, style in (("acc_en", "o-"), ("acc_ko", "s-"), ("agreement", "^--")):
+                ax.plot(steps, [r[key] for _, r in points], style, label=f"{run}: {key}" if len(runs) > 1 else key)
+        ax.set_xlabel("step")
+        ax.set_title(f"{p['en']} / {p['ko']}")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_layers(plt, path: Path, with_layers: dict[str, list[dict]]) -> None:
+    """Retrieval both ways and the cosine gap against the layer, one line per model."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for m, layers in with_layers.items():
+        xs = [x["layer"] for x in layers]
+        for ax, key in zip(axes, ("retrieval_ko_en", "retrieval_en_ko", "gap")):
+            ax.plot(xs, [x[key] for x in layers], marker=".", label=m)
+    for ax, key in zip(axes, ("retrieval ko->en (P@1)", "retrieval en->ko (P@1)", "parallel - random cosine")):
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_plots(out_dir: Path, results: dict, pairs: list[dict]) -> list[str]:
+    """The PNG plots that the results allow; returns their file names."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no PNG plots")
+        return []
+    written = []
+    stepped = {m: int(STEP_RE.search(m.split("/")[-1]).group(1)) for m in results if STEP_RE.search(m.split("/")[-1])}
+    if stepped and pairs:
+        plot_accuracy_vs_step(plt, out_dir / "accuracy_vs_step.png", results, pairs, stepped)
+        written.append("accuracy_vs_step.png")
+    with_layers = {m: r["layers"] for m, r in results.items() if r.get("layers")}
+    if with_layers:
+        plot_layers(plt, out_dir / "retrieval_per_layer.png", with_layers)
+        written.append("retrieval_per_layer.png")
+    return written
+
+
+def json_safe(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [json_safe(v) for v in x]
+    return x
