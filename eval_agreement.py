@@ -81,6 +81,7 @@ from tqdm.auto import tqdm
 from common.args import parse_arguments
 from common.cli import run_main
 from evaluation import EvalError
+from evaluation.compare import add_comparisons, add_suite, pair_counts
 from evaluation.models import (
     free_memory,
     load_model,
@@ -219,6 +220,15 @@ class Arguments:
         "deterministic)."
     )})
     plots: bool = field(default=True, metadata={"help": "Write PNG plots (needs matplotlib); --no_plots skips them."})
+    # uncertainty
+    bootstrap_iters: int = field(default=1000, metadata={"help": (
+        "Resamples of the seeded percentile bootstrap over items (--seed) behind every interval (results.json "
+        "'<metric>_ci') and every paired comparison ('compare'); clustered where a pair's items share a context. "
+        "0: no intervals (deltas and McNemar p-values are still given)."
+    )})
+    ci_level: float = field(default=0.95, metadata={"help": (
+        "Coverage of the intervals (0.95: from the 2.5th to the 97.5th percentile of the resamples)."
+    )})
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -255,6 +265,10 @@ def check_args(args: Arguments) -> None:
         raise EvalError(f"--max_pairs must be >= 2 (retrieval needs candidates), got {args.max_pairs}")
     if args.min_source_pairs < 2:
         raise EvalError(f"--min_source_pairs must be >= 2 (retrieval needs candidates), got {args.min_source_pairs}")
+    if args.bootstrap_iters < 0:
+        raise EvalError(f"--bootstrap_iters must be >= 0, got {args.bootstrap_iters}")
+    if not 0 < args.ci_level < 1:
+        raise EvalError(f"--ci_level must be between 0 and 1, got {args.ci_level}")
     if args.seed < 0:
         raise EvalError(f"--seed must be >= 0, got {args.seed}")
     if (args.en_data is None) != (args.ko_data is None):
@@ -296,6 +310,11 @@ class Evaluator:
         self.device = pick_device(args.device)
         self.dtype = pick_dtype(args.dtype, self.device)
         self.english_cache: dict[tuple, tuple] = {}
+        # one set of resampled item counts per pair, shared by every model: intervals and comparisons are paired
+        self.counts = {p["name"]: pair_counts(len(p["en_idx"]), args.bootstrap_iters, args.seed, p.get("cluster"))
+                       for p in pairs}
+        self.pair_counts = (pair_counts(len(layer_pairs["ko"]), args.bootstrap_iters, args.seed)
+                            if layer_pairs else None)  # the parallel pairs, resampled for the representation's
         self.bar = tqdm(desc="eval_agreement", unit="step", total=0)
 
     def english_source(self, spec: dict) -> str | None:
@@ -337,7 +356,8 @@ class Evaluator:
         self.bar.update(1)
         result = {"source": entry["source"], "role": entry["role"]}
         if self.pairs:
-            result.update(evaluate_model_on_pairs(model, tokenizer, label, self.pairs, args, self.out_dir, self.bar))
+            result.update(evaluate_model_on_pairs(model, tokenizer, label, self.pairs, args, self.out_dir, self.bar,
+                                                  self.counts))
         if self.layer_pairs:
             self.bar.set_postfix_str(f"{label}: layers")
             if model.dtype != torch.float32:  # representation metrics in the training's precision
@@ -349,10 +369,12 @@ class Evaluator:
         self.results[label] = result
         del model
         free_memory(device)
-        # written after every model, so a crash late in a long list keeps the finished ones
+        self.write_results()  # after every model, so a crash late in a long list keeps the finished ones
+        return result
+
+    def write_results(self) -> None:
         (self.out_dir / "results.json").write_text(json.dumps(json_safe(self.results), indent=2, ensure_ascii=False),
                                                    encoding="utf-8")
-        return result
 
     def representation(self, model, tokenizer, entry: dict, base_specs: list[dict]) -> dict:
         """Per-layer metrics, and "representation": the run's own pooling (a run's checkpoint) or, for a model
@@ -365,7 +387,8 @@ class Evaluator:
         if spec is not None:
             english_source = self.english_source(spec)
             english = self.english(english_source, spec["bf16"]) if english_source else None
-            rep = pooled_representation(model, tokenizer, spec, lp, self.device, label, args.min_source_pairs, english)
+            rep = pooled_representation(model, tokenizer, spec, lp, self.device, label, args.min_source_pairs, english,
+                                        self.pair_counts, args.ci_level)
             if english_source is None:  # a frozen run's checkpoint encoding English itself: --english_model self
                 encoder = "self" if spec["english_encoder"] == "frozen" else "shared"
             elif spec["english_encoder"] == "frozen" and english_source == spec["english_model"]:
@@ -384,7 +407,8 @@ class Evaluator:
                     logger.warning("%s has %d layers: not pooled like %s (layers %s)", label, n_layers,
                                    base.get("like_run"), base["layers"])
                     continue
-                rep = pooled_representation(model, tokenizer, base, lp, self.device, label, args.min_source_pairs)
+                rep = pooled_representation(model, tokenizer, base, lp, self.device, label, args.min_source_pairs,
+                                            counts=self.pair_counts, level=args.ci_level)
                 reps.append({**rep, "pooled": base, "pairs": sample})
             if reps:
                 out["representation"] = reps[0]
@@ -394,14 +418,22 @@ class Evaluator:
                     out["representations"] = reps
             layer_pooling = flags_pooling(args)
         out["layers"], out["layers_by_source"] = layer_metrics(model, tokenizer, lp["ko"], lp["en"], args, self.device,
-                                                               label, lp["source"], pooled=layer_pooling)
+                                                               label, lp["source"], pooled=layer_pooling,
+                                                               counts=self.pair_counts)
         out["best_layer"] = best_layer(out["layers"])
         out["layer_pairs"] = layer_pairs_summary(lp, args.seed)
         out["layers_pooled"] = {k: layer_pooling[k] for k in ("pooling", "include_bos", "max_seq_length", "bf16")}
         return out
 
     def finish(self) -> list[str]:
-        """results.md and the plots from everything in ``results``; returns the plot names."""
+        """The paired comparisons and the suite scores (from the per-item files, so a resumed --watch compares
+        with the models of earlier starts too), results.json, results.md and the plots; returns the plot names."""
+        if self.pairs:
+            add_comparisons(self.results, self.pairs, self.out_dir, self.counts, self.args.ci_level)
+            if len(self.pairs) > 1:
+                add_suite(self.results, self.pairs, self.out_dir, self.args.bootstrap_iters, self.args.seed,
+                          self.args.ci_level)
+            self.write_results()
         write_markdown(self.out_dir / "results.md", self.results, self.pairs, self.args)
         return write_plots(self.out_dir, self.results, self.pairs) if self.args.plots else []
 

@@ -21,6 +21,30 @@ def fmt(x, digits=4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def fmt_ci(stats: dict, key: str, digits: int = 4) -> str:
+    """``stats[key]`` with its interval ``stats[key + "_ci"]`` when there is one: ``0.2810 [0.255, 0.307]``."""
+    ci = stats.get(f"{key}_ci")
+    text = fmt(stats.get(key), digits)
+    if ci and ci[0] is not None and stats.get(key) is not None:
+        text += f" [{ci[0]:.{digits - 1}f}, {ci[1]:.{digits - 1}f}]"
+    return text
+
+
+def excludes_zero(ci) -> bool:
+    """Whether an interval of a difference lies wholly on one side of 0 (the difference is a finding)."""
+    return bool(ci) and ci[0] is not None and (ci[0] > 0 or ci[1] < 0)
+
+
+def fmt_delta(c: dict) -> str:
+    """A paired comparison ``{"delta", "ci", "p_mcnemar"}``: ``+0.0250 [0.004, 0.046] p=0.021 *``, the mark when
+    the interval excludes 0."""
+    text = f"{c['delta']:+.4f}"
+    if c.get("ci") and c["ci"][0] is not None:
+        text += f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
+    text += f" p={c['p_mcnemar']:.3g}"
+    return text + (" *" if excludes_zero(c.get("ci")) else "")
+
+
 def report_layer_of(result: dict, spec: str) -> int | None:
     layers = result.get("layers")
     if not layers:
@@ -57,7 +81,7 @@ def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments
                 row += ["-"] * 5
                 continue
             t = s["table"]
-            row += [fmt(s["acc_en"]), fmt(s["acc_ko"]), fmt(s["agreement"]), fmt(s["kappa"]),
+            row += [fmt_ci(s, "acc_en"), fmt_ci(s, "acc_ko"), fmt_ci(s, "agreement"), fmt_ci(s, "kappa"),
                     f"{t['both_right']} / {t['only_en_right']} / {t['only_ko_right']} / {t['both_wrong']}"]
         if has_rep:
             rep = r.get("representation")
@@ -65,8 +89,8 @@ def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments
                 row += ["-"] * 5
             else:
                 row += [describe_pooling(rep["pooled"]) + (" (as step 0)" if rep["pooled"].get("like_run") else ""),
-                        fmt(rep["parallel_cos"]), fmt(rep["gap"]), fmt(rep["retrieval_ko_en"]),
-                        fmt(rep["retrieval_en_ko"])]
+                        fmt_ci(rep, "parallel_cos"), fmt_ci(rep, "gap"), fmt_ci(rep, "retrieval_ko_en"),
+                        fmt_ci(rep, "retrieval_en_ko")]
         rows.append(row)
     lines = [table(head, rows)]
     layer_rows = []
@@ -74,8 +98,8 @@ def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments
         layer = report_layer_of(r, args.report_layer)
         if layer is not None:
             m, pooled = r["layers"][layer], r.get("layers_pooled", {})
-            layer_rows.append([model, str(layer), fmt(m["parallel_cos"]), fmt(m["gap"]), fmt(m["retrieval_ko_en"]),
-                               fmt(m["retrieval_en_ko"]), str(r["best_layer"]),
+            layer_rows.append([model, str(layer), fmt_ci(m, "parallel_cos"), fmt_ci(m, "gap"),
+                               fmt_ci(m, "retrieval_ko_en"), fmt_ci(m, "retrieval_en_ko"), str(r["best_layer"]),
                                pooled.get("pooling", "-") + (", BOS" if pooled.get("include_bos") else "")])
     if layer_rows:
         lines.append(f"\nPer-layer metrics (both languages through the model) at the reported layer "
@@ -92,8 +116,8 @@ def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments
             row = [model]
             for p in pairs:
                 s = r.get(p["name"], {})
-                row += [fmt(s.get("acc_norm_en")), fmt(s.get("acc_norm_ko")), fmt(s.get("agreement_norm")),
-                        fmt(s.get("kappa_norm"))]
+                row += [fmt_ci(s, "acc_norm_en"), fmt_ci(s, "acc_norm_ko"), fmt_ci(s, "agreement_norm"),
+                        fmt_ci(s, "kappa_norm")]
             norm.append(f"| {' | '.join(row)} |")
         text += "\nWith acc_norm predictions (log-likelihood / characters of the choice):\n\n" + "\n".join(norm) + "\n"
     by_source = [(model, r) for model, r in results.items() if r.get("layers_by_source")]
@@ -109,6 +133,7 @@ def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments
                            f"{fmt(m['gap'])} | {fmt(m['centred_cos'])} | {fmt(m['centred_random_cos'])} | "
                            f"{fmt(m['retrieval_ko_en'])} | {fmt(m['retrieval_en_ko'])} |")
         text += "\nLayer metrics per source (retrieval among the pairs of that source):\n\n" + "\n".join(src) + "\n"
+    text += soft_and_suite_markdown(results, pairs) + comparisons_markdown(results, pairs)
     n = {p["name"]: len(p["en_idx"]) for p in pairs}
     text += f"\nItems per pair: {n}. Layers: 0 = embeddings, L = output of decoder layer L (N before the final norm); "
     text += (f"reported layer: {args.report_layer}. \"pooled (as trained)\": each checkpoint as its run pooled "
@@ -196,3 +221,43 @@ def json_safe(x):
     if isinstance(x, list):
         return [json_safe(v) for v in x]
     return x
+
+
+def soft_and_suite_markdown(results: dict, pairs: list[dict]) -> str:
+    """The soft agreement per model and pair, and the suite's scores when several pairs were evaluated."""
+    rows = [[model, f"{p['en']}/{p['ko']}", fmt_ci(r[p["name"]], "jsd"), fmt_ci(r[p["name"]], "ko_prob_of_en_pred")]
+            for model, r in results.items() for p in pairs if "jsd" in r.get(p["name"], {})]
+    text = ""
+    if rows:
+        text += ("\nSoft agreement (from the per-choice log-likelihoods): JSD, the mean Jensen-Shannon divergence "
+                 "(bits, 0 = the same choice distribution in both languages, 1 = disjoint) between the English and "
+                 "Korean softmax over the choices; P_ko(EN choice), the mean probability the Korean distribution "
+                 "gives the English prediction:\n\n")
+        text += table(["model", "pair", "JSD", "P_ko(EN choice)"], rows) + "\n"
+    suites = [(model, r["suite"]) for model, r in results.items() if r.get("suite")]
+    if suites:
+        text += (f"\nSuite ({len(suites[0][1]['pairs'])} pairs, items pooled; intervals resample each task's items "
+                 "within the task):\n\n")
+        text += table(["model", "items", "acc_en", "acc_ko", "agreement", "JSD"],
+                      [[m, str(su["n_items"]), fmt_ci(su, "acc_en"), fmt_ci(su, "acc_ko"), fmt_ci(su, "agreement"),
+                        fmt_ci(su, "jsd")] for m, su in suites]) + "\n"
+    return text
+
+
+def comparisons_markdown(results: dict, pairs: list[dict]) -> str:
+    """One row per (model, other model, pair) of results.json's "compare": the paired deltas of acc_en, acc_ko and
+    agreement with their intervals and McNemar p-values; * marks an interval that excludes 0."""
+    rows = []
+    for model, r in results.items():
+        for other, per_pair in (r.get("compare") or {}).items():
+            for p in pairs:
+                c = per_pair.get(p["name"])
+                if c:
+                    rows.append([model, other, f"{p['en']}/{p['ko']}"]
+                                + [fmt_delta(c[k]) for k in ("acc_en", "acc_ko", "agreement")])
+    if not rows:
+        return ""
+    return ("\nPaired comparisons (delta = model - against, on the same items; [95% paired bootstrap interval]; "
+            "p: exact McNemar on the discordant items, for agreement the items whose agree/disagree status "
+            "flipped; * = the interval excludes 0):\n\n"
+            + table(["model", "against", "pair", "delta acc_en", "delta acc_ko", "delta agreement"], rows) + "\n")

@@ -9,11 +9,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from common.data import DataError, iter_parallel_jsonl, sample_indices, text_key
 from common.metrics import alignment_metrics
 from common.pooling import LayerMixture, layer_states, pool, pooled_layers, pooling_mask
+from common.stats import alignment_intervals
 from evaluation import EvalError
 from evaluation.models import num_layers_of, num_layers_of_model, read_json
 
@@ -231,11 +233,13 @@ def source_groups(sources: list[str], min_pairs: int) -> dict[str, list[int]]:
 
 
 def layer_metrics(model, tokenizer, ko: list[str], en: list[str], args: Arguments, device, label: str,
-                  sources: list[str] | None = None, pooled: dict | None = None) -> tuple[list, dict]:
+                  sources: list[str] | None = None, pooled: dict | None = None,
+                  counts: np.ndarray | None = None) -> tuple[list, dict]:
     """``alignment_metrics`` of the Korean and English vectors at every layer 0..N, over all the pairs and
     per source (``source_groups`` of ``sources`` with --min_source_pairs); the texts are the keys, so
     repeated sentences are neither random pairs nor retrieval misses. ``pooled``: pooling, BOS, max length and
-    precision (default: the flags). Returns (layers, {source: layers})."""
+    precision (default: the flags). With ``counts`` (resampled pair counts, ``common.stats.resample_counts``), each
+    layer's overall metrics get ``<metric>_ci`` (``with_intervals``). Returns (layers, {source: layers})."""
     pooled = pooled or flags_pooling(args)
     ko_vecs = encode_layers(model, tokenizer, ko, pooled, args.rep_batch_size, device, label)
     en_vecs = encode_layers(model, tokenizer, en, pooled, args.rep_batch_size, device, label)
@@ -248,12 +252,22 @@ def layer_metrics(model, tokenizer, ko: list[str], en: list[str], args: Argument
                 for layer in range(len(ko_vecs))]
 
     groups = source_groups(sources, args.min_source_pairs) if sources is not None else {}
-    return per_layer(None), {s: per_layer(rows) for s, rows in groups.items()}
+    layers = per_layer(None)
+    if counts is not None and len(counts):
+        for m in layers:
+            m.update(with_intervals(ko_vecs[m["layer"]], en_vecs[m["layer"]], ko, en, counts, args.ci_level))
+    return layers, {s: per_layer(rows) for s, rows in groups.items()}
+
+
+def with_intervals(ko, en, ko_keys, en_keys, counts: np.ndarray, level: float) -> dict:
+    """``<metric>_ci`` for every metric of ``alignment_metrics`` (``common.stats.alignment_intervals``: pairs
+    resampled with ``counts``)."""
+    return {f"{k}_ci": v for k, v in alignment_intervals(ko, en, ko_keys, en_keys, counts=counts, level=level).items()}
 
 
 @torch.no_grad()
 def pooled_representation(model, tokenizer, spec: dict, pairs: dict, device, label: str, min_source_pairs: int = 50,
-                          english: tuple | None = None) -> dict:
+                          english: tuple | None = None, counts: np.ndarray | None = None, level: float = 0.95) -> dict:
     """The sentence vectors exactly as train_contrastive.py's validation computes them, and their metrics.
 
     Each side is tokenized alone (truncated to ``max_seq_length``), batched in file order by ``batch_size`` and
@@ -264,7 +278,8 @@ def pooled_representation(model, tokenizer, spec: dict, pairs: dict, device, lab
     ((model, tokenizer): the frozen starting model or --english_model) or the model itself. Duplicate texts are
     recognised by their token ids (``common.data.text_key``), as in training. Returns the overall metrics
     (``common.metrics.alignment_metrics``), ``by_source`` (sources with at least ``min_source_pairs`` pairs,
-    when there are several) and, for a mixture, ``layer_share`` (each layer's effective share)."""
+    when there are several) and, for a mixture, ``layer_share`` (each layer's effective share); with ``counts``
+    (resampled pair counts), ``<metric>_ci`` of the overall metrics."""
     en_model, en_tokenizer = english if english is not None else (model, tokenizer)
     layers = spec["layers"] or [num_layers_of_model(model) // 2]
     mixture = None
@@ -296,6 +311,8 @@ def pooled_representation(model, tokenizer, spec: dict, pairs: dict, device, lab
     ko, en = torch.cat(vectors["ko"]), torch.cat(vectors["en"])
     ko_keys, en_keys = [text_key(x) for x in ids["ko"]], [text_key(x) for x in ids["en"]]
     result = alignment_metrics(ko, en, ko_keys, en_keys)
+    if counts is not None and len(counts):
+        result.update(with_intervals(ko, en, ko_keys, en_keys, counts, level))
     result["by_source"] = {
         source: alignment_metrics(ko[rows], en[rows], [ko_keys[i] for i in rows], [en_keys[i] for i in rows])
         for source, rows in source_groups(pairs["source"], min_source_pairs).items()}

@@ -382,6 +382,9 @@ def evaluate_pair(lm, pair: dict, seed: int) -> tuple[dict, list[dict]]:
             "pred_en": e["pred"], "pred_ko": k["pred"], "pred_norm_en": e["pred_norm"], "pred_norm_ko": k["pred_norm"],
             "loglik_en": e["lls"], "loglik_ko": k["lls"],
         })
+    if pair.get("cluster") is not None:  # items sharing a context (a passage) are resampled together
+        for row, cluster in zip(rows, pair["cluster"]):
+            row["cluster"] = cluster
     gold = [r["gold"] for r in rows]
     acc = agreement_stats(gold, [r["pred_en"] for r in rows], [r["pred_ko"] for r in rows])
     norm = agreement_stats(gold, [r["pred_norm_en"] for r in rows], [r["pred_norm_ko"] for r in rows])
@@ -399,16 +402,23 @@ def evaluate_pair(lm, pair: dict, seed: int) -> tuple[dict, list[dict]]:
 
 
 def evaluate_model_on_pairs(model, tokenizer, label: str, pairs: list[dict], args: Arguments, out_dir: Path,
-                            bar) -> dict:
-    """{pair name: stats} of one model over every pair; the per-item rows go to
+                            bar, counts: dict[str, np.ndarray]) -> dict:
+    """{pair name: stats} of one model over every pair, with the intervals of ``evaluation.compare.score_intervals``
+    on the pair's resampled item ``counts``; the per-item rows (with each item's soft agreement) go to
     ``out_dir/label/<pair>.items.jsonl``."""
     from lm_eval.models.huggingface import HFLM
+
+    from evaluation.compare import score_intervals, soft_scores
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, max_length=args.max_length)
     stats = {}
     for pair in pairs:
         bar.set_postfix_str(f"{label}: {pair['en']} / {pair['ko']}")
         stats[pair["name"]], rows = evaluate_pair(lm, pair, args.seed)
+        stats[pair["name"]].update(score_intervals(rows, counts[pair["name"]], args.ci_level))
+        for name, values in soft_scores(rows).items():
+            for row, value in zip(rows, values):
+                row[name] = float(value)
         item_path = out_dir / label / f"{pair['name']}.items.jsonl"
         item_path.parent.mkdir(parents=True, exist_ok=True)
         with open(item_path, "w", encoding="utf-8") as f:
