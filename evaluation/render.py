@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evaluation import STEP_RE
-from evaluation.representation import describe_pooling
+from evaluation.representation import describe_pooling, stage_of
 
 if TYPE_CHECKING:  # the argument dataclass of eval_agreement.py
     from eval_agreement import Arguments
@@ -147,27 +147,78 @@ def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments
     path.write_text(text, encoding="utf-8")
 
 
+SCORE_STYLE = {"acc_en": ("tab:blue", "o"), "acc_ko": ("tab:orange", "s"), "agreement": ("tab:green", "^")}
+BASE_LINES = ("--", ":", "-.")
+
+
+def with_band(ax, xs, ys, cis, color, label: str, marker: str = "o") -> None:
+    """A series with its intervals: a line and a shaded band, or a marker with an error bar for one point (a
+    one-point line would be invisible). Points whose value is missing are left out."""
+    points = [(x, y, ci) for x, y, ci in zip(xs, ys, cis)
+              if y is not None and not (isinstance(y, float) and math.isnan(y))]
+    if not points:
+        return
+    xs, ys, cis = zip(*points)
+    have = all(ci and ci[0] is not None for ci in cis)
+    if len(xs) == 1:
+        err = [[ys[0] - cis[0][0]], [cis[0][1] - ys[0]]] if have else None
+        ax.errorbar(xs, ys, yerr=err, fmt=marker, color=color, capsize=3, label=label)
+        return
+    ax.plot(xs, ys, marker=marker, color=color, label=label)
+    if have:
+        ax.fill_between(xs, [c[0] for c in cis], [c[1] for c in cis], color=color, alpha=0.15, linewidth=0)
+
+
+def baseline_band(ax, y, ci, color, label: str, linestyle: str = "--") -> None:
+    """A baseline as a horizontal line, its interval as a light horizontal band."""
+    if y is None:
+        return
+    ax.axhline(y, color=color, linestyle=linestyle, linewidth=1, label=label)
+    if ci and ci[0] is not None:
+        ax.axhspan(ci[0], ci[1], color=color, alpha=0.07, linewidth=0)
+
+
+def stage_panels(results: dict, stepped: dict[str, int]) -> dict[int | None, dict[str, list]]:
+    """{stage: {run folder: [(step, model)]}} of the checkpoint-like models: each training stage gets its own
+    panels, since a stage-2 step 200 and a stage-1 step 200 are not one axis."""
+    panels: dict[int | None, dict[str, list]] = {}
+    for m, step in stepped.items():
+        source = Path(results[m].get("source", m))
+        panels.setdefault(stage_of(str(source)), {}).setdefault(source.parent.name or "run", []).append((step, m))
+    return dict(sorted(panels.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
+
+
 def plot_accuracy_vs_step(plt, path: Path, results: dict, pairs: list[dict], stepped: dict[str, int]) -> None:
-    """One panel per pair: acc_en, acc_ko and agreement against the step of the models named like a
-    checkpoint (``stepped``: {model: step}), one line per run folder."""
-    fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4), squeeze=False)
-    for ax, p in zip(axes[0], pairs):
-        runs = {}
-        for m, step in stepped.items():
-            if p["name"] in results[m]:
-                folder = Path(results[m]["source"]).parent.name or "run"
-                runs.setdefault(folder, []).append((step, results[m][p["name"]]))
-        for run, points in runs.items():
-            points.sort(key=lambda x: x[0])
-            steps = [s for s, _ in points]
-            for key, style in (("acc_en", "o-"), ("acc_ko", "s-"), ("agreement", "^--")):
-                ax.plot(steps, [r[key] for _, r in points], style, label=f"{run}: {key}" if len(runs) > 1 else key)
-        ax.set_xlabel("step")
-        ax.set_title(f"{p['en']} / {p['ko']}")
-        ax.legend(fontsize=7)
+    """One panel per pair and training stage: acc_en, acc_ko and agreement against the step of the models named
+    like a checkpoint (``stepped``: {model: step}) with their intervals as bands, one line per run folder; the
+    baselines as horizontal lines with their intervals as light bands."""
+    by_stage = stage_panels(results, stepped)
+    baselines = [m for m, r in results.items() if r.get("role") == "baseline"]
+    panels = [(p, stage, runs) for p in pairs for stage, runs in by_stage.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.6), squeeze=False)
+    for ax, (p, stage, runs) in zip(axes[0], panels):
+        markers = "os^Dv<>"
+        for k, (run, points) in enumerate(sorted(runs.items())):
+            points = sorted(pt for pt in points if p["name"] in results[pt[1]])
+            for key, (color, marker) in SCORE_STYLE.items():
+                stats = [results[m][p["name"]] for _, m in points]
+                with_band(ax, [s for s, _ in points], [st.get(key) for st in stats],
+                          [st.get(f"{key}_ci") for st in stats], color,
+                          f"{run}: {key}" if len(runs) > 1 else key, marker=markers[k % len(markers)])
+        for i, b in enumerate(baselines):
+            stats = results[b].get(p["name"])
+            for key, (color, _) in SCORE_STYLE.items():
+                if stats:
+                    baseline_band(ax, stats.get(key), stats.get(f"{key}_ci"), color, f"{b}: {key}",
+                                  BASE_LINES[i % len(BASE_LINES)])
+        stage_name = f"stage {stage}" if stage else "checkpoints"
+        ax.set_xlabel(f"training step ({stage_name})")
+        ax.set_ylabel("accuracy / agreement (95% interval)")
+        ax.set_title(f"{p['en']} / {p['ko']}: {stage_name}", fontsize=10)
+        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 

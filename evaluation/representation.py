@@ -76,6 +76,16 @@ def trained_pooling(folder: str, max_depth: int = 8) -> dict | None:
     }
 
 
+def stage_of(folder: str) -> int | None:
+    """The training stage that wrote the checkpoint ``folder``, from its training_args.json: 1 (a pooling:
+    train_contrastive.py), 3 (a Korean/English ratio: train_full.py) or 2 (train_lm_head.py); None without one."""
+    path = Path(folder) / "training_args.json"
+    if not path.is_file():
+        return None
+    targs = read_json(path, "training arguments")
+    return 1 if "pool_layer" in targs or "mix_layers" in targs else 3 if "ko_ratio" in targs else 2
+
+
 def flags_pooling(args: Arguments) -> dict:
     """The pooling of a model no run trained, from --pooling, --include_bos, --max_seq_length at an integer
     --report_layer (else the model's middle layer: ``layers`` None)."""
