@@ -64,8 +64,18 @@ Writes to --output_dir: results.json ``{model: {"source", "role", pair: {...}, "
 checkpoints never look alike), results.md (one table, models in the order given, with the representation
 as trained; the per-layer and per-source metrics at --report_layer, by default the trained layer),
 ``<model>/<pair>.items.jsonl`` (one line per item: id, gold, pred_en, pred_ko, pred_norm_en, pred_norm_ko,
-loglik_en, loglik_ko), eval_args.json, and PNG plots (accuracy/agreement against checkpoint step when the
-names carry one; retrieval per layer).
+loglik_en, loglik_ko, jsd, ko_prob_of_en_pred, and cluster where the pair has one), eval_args.json, and PNG plots
+(accuracy/agreement against checkpoint step with their intervals, a panel per training stage, when the names
+carry a step; retrieval per layer).
+
+Every score and representation metric has a ``<metric>_ci`` beside it: a seeded percentile bootstrap over items
+(--bootstrap_iters, --seed; clustered by the pair's cluster field), one set of resamples per pair shared by all
+models. ``results[model]["compare"][other][pair][metric]`` = {delta, ci, p_mcnemar, n_discordant} compares each
+model with every baseline and each checkpoint with the previous one of its run (evaluation/compare.py); with
+several pairs, ``results[model]["suite"]`` pools their items. The order of work: check the arguments, resolve the
+models, prepare the pairs (evaluation/tasks.py) and the parallel sample, then per model the tasks and the
+representation (evaluation/representation.py), then the comparisons, results.md and the plots
+(evaluation/render.py).
 """
 
 import json
