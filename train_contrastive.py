@@ -73,7 +73,7 @@ from common.flops import layer_params, lm_params, peak_flops, stage1_flops
 from common.losses import duplicate_mask, gather, info_nce
 from common.metrics import alignment_metrics, require_finite
 from common.pooling import LayerMixture, is_llama_family, pack_sentences, pooled_layers
-from common.speed import compile_decoder_layers, load_lm, parse_profile_steps, step_profiler
+from common.speed import compile_decoder_layers, load_lm, parse_profile_steps, set_sdpa_backends, step_profiler
 
 logger = logging.getLogger("train_contrastive")
 DEMO_CONFIG = demo_config("stage1")
@@ -261,6 +261,10 @@ class Arguments:
     )})
     torch_compile: bool = field(default=False, metadata={"help": (
         "torch.compile each decoder layer (common/speed.py); the first steps are slower while it compiles."
+    )})
+    sdpa_backends: str = field(default="", metadata={"help": (
+        "The kernels sdpa attention may use on CUDA, comma-separated from flash, efficient, cudnn, math (e.g. "
+        "'flash,efficient,math' leaves cuDNN's out; common/speed.py set_sdpa_backends). Empty: all of them."
     )})
     gradient_checkpointing: bool = field(default=False, metadata={"help": (
         "Recompute activations in the backward pass to save memory."
@@ -706,6 +710,7 @@ def main(argv: list[str] | None = None):
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
     if tokenizer.pad_token is None:  # Llama tokenizers have none; padded positions are masked anyway
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    set_sdpa_backends(args.sdpa_backends)
     lm = load_lm(args.model_name_or_path, args.attn_implementation)
     if args.pack_length and not is_llama_family(lm):
         raise ValueError(f"--pack_length: {type(lm).__name__} is not a Llama-family decoder (packing runs the "

@@ -104,6 +104,20 @@ want s1_l17_frozen_b256_packed_compile && stage1 s1_l17_frozen_b256_packed_compi
 want s1_l17_shared_b1024_cached256_joint_packed_compile && stage1 \
   s1_l17_shared_b1024_cached256_joint_packed_compile 240 --pool_layer 17 --per_device_train_batch_size 1024 \
   --cl_chunk_size 256 --joint_forward --pack_length 256 --torch_compile --max_steps 30
+# the same runs without cuDNN's attention (--sdpa_backends flash,efficient,math): on the H200 its host-side
+# planning took most of a step's CPU time while the GPU waited (profile_*.txt: aten::_cudnn_attention_*)
+NOCUDNN=(--sdpa_backends flash,efficient,math)
+want s1_l17_shared_b128_nocudnn && stage1 s1_l17_shared_b128_nocudnn 120 --pool_layer 17 \
+  --per_device_train_batch_size 128 "${NOCUDNN[@]}" --profile_steps $P20
+want s1_l17_shared_b256_joint_packed_compile_nocudnn && stage1 s1_l17_shared_b256_joint_packed_compile_nocudnn 200 \
+  --pool_layer 17 --per_device_train_batch_size 256 --joint_forward --pack_length 256 --torch_compile --max_steps 30 \
+  "${NOCUDNN[@]}" --profile_steps $P30
+want s1_l17_frozen_b256_packed_compile_nocudnn && stage1 s1_l17_frozen_b256_packed_compile_nocudnn 200 \
+  --pool_layer 17 --english_encoder frozen --per_device_train_batch_size 256 --pack_length 256 --torch_compile \
+  --max_steps 30 "${NOCUDNN[@]}" --profile_steps $P30
+want s1_l17_shared_b1024_cached256_joint_packed_compile_nocudnn && stage1 \
+  s1_l17_shared_b1024_cached256_joint_packed_compile_nocudnn 240 --pool_layer 17 --per_device_train_batch_size 1024 \
+  --cl_chunk_size 256 --joint_forward --pack_length 256 --torch_compile --max_steps 30 "${NOCUDNN[@]}"
 want bench_layouts && { timeout 200 python3 -m bench.bench_throughput "${BENCH[@]}" --bf16 \
   --train_file "$DATA/pairs.jsonl" --tokenizer /tmp/m13 --scenarios stage1_shared \
   --layouts padded,joint,packed,joint_packed --batch_sizes 128 --output "$OUT/bench_layouts.json" \

@@ -37,7 +37,7 @@ BOOKKEEPING = {
     "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "logging_steps", "eval_steps", "save_steps",
     "save_total_limit", "save_state_limit", "report_to", "dataloader_num_workers", "preprocessing_num_workers",
     "max_eval_pairs", "max_eval_blocks", "torch_compile", "attn_implementation", "pad_to_multiple_of",
-    "joint_forward", "pack_length", "profile_steps",
+    "joint_forward", "pack_length", "profile_steps", "sdpa_backends",
 }
 STATE = "accelerate_state"
 

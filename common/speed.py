@@ -29,6 +29,24 @@ def load_lm(path: str, attn_implementation: str = "sdpa") -> nn.Module:
         raise ValueError(f"--attn_implementation {attn_implementation}: {e}") from e
 
 
+SDPA_BACKENDS = ("flash", "efficient", "cudnn", "math")
+
+
+def set_sdpa_backends(spec: str) -> None:
+    """Allow only the named kernels behind ``torch.nn.functional.scaled_dot_product_attention`` on CUDA, e.g.
+    ``"flash,efficient,math"``; empty: all of them, in PyTorch's own order of preference. On an H200 (torch 2.11)
+    PyTorch picked cuDNN's attention for the masked batches of stage 1, and the profile showed it planning on the
+    host for every new shape: 1.2-2.9 ms of CPU per call for 50-160 us of GPU work, most of the host time of a
+    step, with the GPU idle meanwhile (README, Benchmarks). Leaving cudnn out lets the memory-efficient kernel
+    (which takes any mask) run. Process-wide: it sets ``torch.backends.cuda.enable_*_sdp``."""
+    names = [n.strip() for n in spec.split(",") if n.strip()] or list(SDPA_BACKENDS)
+    unknown = [n for n in names if n not in SDPA_BACKENDS]
+    if unknown:
+        raise ValueError(f"--sdpa_backends: unknown kernel {unknown[0]!r}; choose from {', '.join(SDPA_BACKENDS)}")
+    for name in SDPA_BACKENDS:
+        getattr(torch.backends.cuda, f"enable_{'mem_efficient' if name == 'efficient' else name}_sdp")(name in names)
+
+
 def compile_decoder_layers(model: nn.Module) -> None:
     """``torch.compile`` every decoder layer of ``model`` in place; the parameters and state dict are unchanged."""
     for layer in find_decoder_layers(model):

@@ -154,3 +154,23 @@ def test_every_trainer_profiles_the_steps_asked_for(tmp_path, trainer):
     lines, steps = profiled_steps(tmp_path, 2, 3)
     assert lines[0] == "training steps recorded: 2, 3" and steps == [2, 3]
     assert "aten::mm" in "\n".join(lines)  # the model's matrix products are in the table
+
+
+def test_sdpa_backends_sets_exactly_the_named_kernels():
+    """--sdpa_backends allows the named attention kernels and no other; empty restores all; a typo is an error."""
+    import torch
+
+    from common.speed import set_sdpa_backends
+
+    flags = {"flash": torch.backends.cuda.flash_sdp_enabled, "efficient": torch.backends.cuda.mem_efficient_sdp_enabled,
+             "cudnn": torch.backends.cuda.cudnn_sdp_enabled, "math": torch.backends.cuda.math_sdp_enabled}
+    try:
+        set_sdpa_backends("flash, efficient,math")
+        assert {k: f() for k, f in flags.items()} == {"flash": True, "efficient": True, "cudnn": False, "math": True}
+        set_sdpa_backends("math")
+        assert {k: f() for k, f in flags.items()} == {"flash": False, "efficient": False, "cudnn": False, "math": True}
+        with pytest.raises(ValueError, match="unknown kernel 'fast'"):
+            set_sdpa_backends("cudnn,fast")
+    finally:
+        set_sdpa_backends("")
+    assert all(f() for f in flags.values())
