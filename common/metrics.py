@@ -231,18 +231,29 @@ def language_probe_hits(ko, en, folds: int = 5, seed: int = 0) -> Tensor:
     fold = torch.empty(n, dtype=torch.long)
     fold[torch.randperm(n, generator=torch.Generator().manual_seed(seed))] = torch.arange(n) % k
     fold = fold.to(x.device)
+    # A shift of all rows changes neither the standardised vectors nor the classifier; removing the overall mean
+    # first keeps the variances below (mean of squares minus square of mean) free of cancellation when the
+    # rows share a large mean, as hidden states do.
+    centre = (x.mean(dim=0) + y.mean(dim=0)) / 2
+    x, y = x - centre, y - centre
+    # Per-fold sums (k, D) in one pass; a fold's training statistics are the totals minus its own sums.
+    member = F.one_hot(fold, k).T.double()  # (k, N)
+    sum_ko, sum_en, sum_sq = member @ x, member @ y, member @ (x * x + y * y)
+    pairs = member.sum(dim=1)
     hits = torch.empty(n, 2, dtype=torch.float64, device=x.device)
     for f in range(k):
-        test, train = fold == f, fold != f
-        rows = torch.cat([x[train], y[train]])
-        mean, std = rows.mean(dim=0), rows.std(dim=0, correction=0)
+        test, train_pairs = fold == f, n - pairs[f]
+        mean_ko = (sum_ko.sum(dim=0) - sum_ko[f]) / train_pairs  # the class means of the training rows
+        mean_en = (sum_en.sum(dim=0) - sum_en[f]) / train_pairs
+        mean = (mean_ko + mean_en) / 2  # m: both languages, as many rows each
+        var = (sum_sq.sum(dim=0) - sum_sq[f]) / (2 * train_pairs) - mean * mean
+        std = var.clamp(min=0).sqrt()
         std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature carries no information
-        zx, zy = (x - mean) / std, (y - mean) / std
-        mu_ko, mu_en = zx[train].mean(dim=0), zy[train].mean(dim=0)
-        w = mu_ko - mu_en
-        b = w @ (mu_ko + mu_en) / 2
-        # nearer the Korean mean <=> ||z - mu_ko||^2 < ||z - mu_en||^2 <=> z.w - b > 0
-        score_ko, score_en = zx[test] @ w - b, zy[test] @ w - b
+        # In z = (v - m) / s: mu_ko - mu_en = (mean_ko - mean_en) / s = w and b = w . (mu_ko + mu_en) / 2 = 0
+        # (m is the midpoint of the class means), so z . w - b = (v - m) . (w / s).
+        direction = (mean_ko - mean_en) / (std * std)
+        score_ko, score_en = (x[test] - mean) @ direction, (y[test] - mean) @ direction
+        # nearer the Korean mean <=> ||z - mu_ko||^2 < ||z - mu_en||^2 <=> z . w - b > 0
         hits[test, 0] = (score_ko > 0).double() + 0.5 * (score_ko == 0).double()
         hits[test, 1] = (score_en < 0).double() + 0.5 * (score_en == 0).double()
     return hits.mean(dim=1)

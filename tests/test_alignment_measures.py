@@ -171,6 +171,9 @@ def test_probe_equals_the_loop_reference():
     np.testing.assert_allclose(hits.numpy(), expected, atol=1e-12)
     assert language_probe(ko, en, folds=5, seed=3) == pytest.approx(expected.mean(), abs=1e-12)
     assert 0.5 < expected.mean() < 1.0
+    # a shift shared by both languages changes nothing
+    assert torch.equal(language_probe_hits(ko + 1e4 * gaussian(6, seed=22), en + 1e4 * gaussian(6, seed=22),
+                                           folds=5, seed=3), hits)
     # fewer pairs than folds: leave one pair out
     np.testing.assert_allclose(language_probe_hits(ko[:4], en[:4], folds=5, seed=3).numpy(),
                                ref_probe_hits(ko[:4].numpy(), en[:4].numpy(), folds=4, seed=3), atol=1e-12)
