@@ -275,12 +275,14 @@ def language_probe(ko, en, folds: int = 5, seed: int = 0) -> float:
       (w = 0: identical class means) counts half a hit.
 
     Accuracy = mean over the 2N held-out rows. Why this classifier: with N (hundreds to thousands) far below D
-    (2,048) the two languages' rows are linearly separable almost whatever they hold, so an (almost)
-    unregularised logistic regression reads near 1.0 on everything and measures the sample size, not the
-    space. Nearest class mean is the limit of L2-regularised logistic regression as the penalty grows (the
-    weight vector tends to the difference of the class means), so it is the strongly regularised end of that
-    family: it asks whether the languages differ along their mean direction by more than the spread of the
-    sentences, has no hyperparameter, no iterations or tolerance, and is deterministic and O(N D) per fold.
+    (2,048) the two languages' training rows are linearly separable almost whatever they hold, so an (almost)
+    unregularised logistic regression has no unique optimum (the solver's stopping rule sets its weights) and
+    can use any small difference along any of the D directions; it then tends to the ceiling for any two
+    languages and separates checkpoints poorly. Nearest class mean is the limit of L2-regularised logistic
+    regression as the penalty grows (the weight vector tends to the difference of the class means), so it is
+    the strongly regularised end of that family: it asks whether the languages differ along their mean
+    direction by more than the spread of the sentences, has no hyperparameter, no iterations or tolerance, and
+    is deterministic and O(N D) in all (per-fold sums from one pass over the rows).
     Standardising keeps a few outlier features with huge activations from deciding alone.
 
     Not a plain mean over independent items: see ``language_probe_hits`` for the per-pair vector and what an
