@@ -71,7 +71,7 @@ from common.distributed import (
 )
 from common.flops import layer_params, lm_params, peak_flops, stage1_flops
 from common.losses import duplicate_mask, gather, info_nce
-from common.metrics import alignment_metrics, require_finite
+from common.metrics import alignment_metrics, cka_debiased, language_probe, require_finite
 from common.pooling import LayerMixture, is_llama_family, pack_sentences, pooled_layers
 from common.speed import compile_decoder_layers, load_lm, parse_profile_steps, set_sdpa_backends, step_profiler
 
@@ -631,7 +631,8 @@ def evaluate(model: ContrastiveModel, loader: DataLoader, device, english_encode
              sources: list[str] | None = None, min_source_pairs: int = 50) -> dict:
     """Alignment metrics on the validation pairs (every process computes them; they are cheap).
 
-    Overall (``common.metrics.alignment_metrics``, duplicate texts recognised by their keys), per source
+    Overall (``common.metrics.alignment_metrics``, duplicate texts recognised by their keys, plus
+    ``cka_debiased`` and ``language_probe``, 5 folds by pair, seed 0), per source
     (``<source>/<metric>``, for sources with at least ``min_source_pairs`` pairs when there are several),
     and with a mixture each layer's effective share of the mixed vectors (``layer_share/<L>``)."""
     model.eval()
@@ -648,14 +649,21 @@ def evaluate(model: ContrastiveModel, loader: DataLoader, device, english_encode
             shares.append(model.mixture(torch.cat([ko_layers, en_layers], dim=1), return_shares=True)[1] * rows)
     model.train()
     ko, en, keys = torch.cat(kos), torch.cat(ens), torch.cat(keys)
-    metrics = alignment_metrics(ko, en, ko_keys=keys[:, 0].tolist(), en_keys=keys[:, 1].tolist())
+
+    def measures(ko: torch.Tensor, en: torch.Tensor, keys: torch.Tensor) -> dict:
+        out = alignment_metrics(ko, en, ko_keys=keys[:, 0].tolist(), en_keys=keys[:, 1].tolist())
+        # Debiased CKA and the language probe do not read a rotated, rescaled or shifted English space as
+        # misalignment, so they compare a frozen-English run with a shared one where raw cosine cannot.
+        out.update(cka_debiased=cka_debiased(ko, en), language_probe=language_probe(ko, en))
+        return out
+
+    metrics = measures(ko, en, keys)
     groups: dict[str, list[int]] = {}
     for i, source in enumerate(sources or []):
         groups.setdefault(source, []).append(i)
     for source, idx in sorted(groups.items()):
         if len(groups) > 1 and len(idx) >= min_source_pairs:
-            part = alignment_metrics(ko[idx], en[idx], ko_keys=keys[idx, 0].tolist(), en_keys=keys[idx, 1].tolist())
-            metrics.update({f"{source}/{name}": value for name, value in part.items()})
+            metrics.update({f"{source}/{name}": value for name, value in measures(ko[idx], en[idx], keys[idx]).items()})
     if shares:
         total = torch.stack(shares).sum(dim=0) / (2 * len(ko))
         metrics.update({f"layer_share/{layer}": s.item() for layer, s in zip(model.layers, total)})

@@ -187,6 +187,34 @@ def test_per_source_metrics_from_the_minimum_count_of_pairs_up():
     assert "a/gap" in metrics and "b/gap" in metrics
     metrics = tc.evaluate(model, loader, "cpu", sources=["a"] * 3 + ["b"] * 2, min_source_pairs=3)
     assert "a/gap" in metrics and "b/gap" not in metrics
+    assert "a/language_probe" in metrics and "b/language_probe" not in metrics
+
+
+def test_eval_cka_and_probe_equal_the_functions_on_each_pair_encoded_alone():
+    """eval/cka_debiased and eval/language_probe, overall and per source, are the functions of common.metrics
+    applied to the pooled vectors of the validation pairs, each sentence here encoded alone (no padding)."""
+    from common.metrics import cka_debiased, language_probe
+
+    model = tc.ContrastiveModel(tiny_llama(60, hidden_size=32, num_layers=2, seed=0), layers=[2], bos_token_id=1)
+    g = torch.Generator().manual_seed(0)
+    rows = [{"ko_ids": [1, *torch.randint(4, 60, (2 + i % 4,), generator=g).tolist()],
+             "en_ids": [1, *torch.randint(4, 60, (3 + i % 3,), generator=g).tolist()], "ko_key": i, "en_key": i}
+            for i in range(10)]
+    tokenizer = train_demo_tokenizer(["a b c"])
+    loader = [ParallelCollator(tokenizer)(rows[:6]), ParallelCollator(tokenizer)(rows[6:])]
+    sources = ["a"] * 6 + ["b"] * 4
+    metrics = tc.evaluate(model.eval(), loader, "cpu", sources=sources, min_source_pairs=4)
+
+    def alone(ids):
+        ids = torch.tensor([ids])
+        with torch.no_grad():
+            return model.encode(ids, torch.ones_like(ids))[0]
+
+    ko = torch.stack([alone(r["ko_ids"]) for r in rows])
+    en = torch.stack([alone(r["en_ids"]) for r in rows])
+    for prefix, idx in (("", list(range(10))), ("a/", list(range(6))), ("b/", list(range(6, 10)))):
+        assert metrics[f"{prefix}cka_debiased"] == pytest.approx(cka_debiased(ko[idx], en[idx]), abs=1e-5)
+        assert metrics[f"{prefix}language_probe"] == language_probe(ko[idx], en[idx])
 
 
 def test_bad_parallel_line_names_file_and_line(tiny_model, tmp_path):
@@ -273,7 +301,7 @@ def test_mixture_metrics_equal_a_recomputation_from_the_export(tiny_model, tmp_p
     from transformers import AutoTokenizer
 
     from common.data import sample_indices, text_key
-    from common.metrics import alignment_metrics
+    from common.metrics import alignment_metrics, cka_debiased, language_probe
 
     run(tiny_model, tmp_path, "--max_steps", "3", "--save_steps", "3", "--eval_steps", "3", "--mix_layers", "1-3",
         "--mix_learning_rate", "0.5")
@@ -299,6 +327,8 @@ def test_mixture_metrics_equal_a_recomputation_from_the_export(tiny_model, tmp_p
     ko, ko_keys = zip(*(vector(r["ko"]) for r in rows))
     en, en_keys = zip(*(vector(r["en"]) for r in rows))
     expected = alignment_metrics(torch.stack(ko), torch.stack(en), list(ko_keys), list(en_keys))
+    expected.update(cka_debiased=cka_debiased(torch.stack(ko), torch.stack(en)),
+                    language_probe=language_probe(torch.stack(ko), torch.stack(en)))
     logged = [r for r in read_log(tmp_path) if r["step"] == 3 and "eval/gap" in r][0]
     for name, value in expected.items():
         assert logged[f"eval/{name}"] == pytest.approx(value, abs=2e-5), name
