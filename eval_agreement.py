@@ -90,8 +90,9 @@ from tqdm.auto import tqdm
 
 from common.args import parse_arguments
 from common.cli import run_main
+from common.metrics import pair_cosine
 from evaluation import EvalError
-from evaluation.compare import add_comparisons, add_suite, pair_counts
+from evaluation.compare import add_comparisons, add_suite, item_link, pair_counts, read_items
 from evaluation.models import (
     free_memory,
     load_model,
@@ -104,12 +105,14 @@ from evaluation.models import (
 from evaluation.render import json_safe, write_markdown, write_plots
 from evaluation.representation import (
     best_layer,
+    describe_pooling,
     flags_pooling,
     layer_metrics,
     layer_pairs_summary,
     num_layers_of_model,
     pool_like_specs,
     pooled_representation,
+    pooled_vectors,
     read_pairs,
     run_checkpoints,
     top_layer,
@@ -368,12 +371,14 @@ class Evaluator:
         if self.pairs:
             result.update(evaluate_model_on_pairs(model, tokenizer, label, self.pairs, args, self.out_dir, self.bar,
                                                   self.counts))
+        if model.dtype != torch.float32:  # representation metrics in the training's precision
+            del model
+            free_memory(device)
+            model, tokenizer = load_model(entry, device, torch.float32)
+        if self.pairs:
+            self.item_links(model, tokenizer, entry, base_specs, result)
         if self.layer_pairs:
             self.bar.set_postfix_str(f"{label}: layers")
-            if model.dtype != torch.float32:  # representation metrics in the training's precision
-                del model
-                free_memory(device)
-                model, tokenizer = load_model(entry, device, torch.float32)
             result.update(self.representation(model, tokenizer, entry, base_specs))
             self.bar.update(1)
         self.results[label] = result
@@ -385,6 +390,38 @@ class Evaluator:
     def write_results(self) -> None:
         (self.out_dir / "results.json").write_text(json.dumps(json_safe(self.results), indent=2, ensure_ascii=False),
                                                    encoding="utf-8")
+
+    def link_pooling(self, entry: dict, model, base_specs: list[dict]) -> tuple[dict, tuple | None]:
+        """(pooling, English encoder) of the model's representation as in "representation": its run's (English
+        through the frozen start for a frozen run), else the first run pooling it follows as at step 0 that its
+        depth allows, else the flags'."""
+        spec = trained_pooling(entry["source"]) if entry["local"] else None
+        if spec is not None:
+            source = self.english_source(spec)
+            return spec, (self.english(source, spec["bf16"]) if source else None)
+        n_layers = num_layers_of_model(model)
+        for base in [*base_specs, flags_pooling(self.args)]:
+            base = {**base, "layers": base["layers"] or [n_layers // 2]}
+            if max(base["layers"]) <= n_layers:
+                return base, None
+        return {**flags_pooling(self.args), "layers": [n_layers // 2]}, None
+
+    def item_links(self, model, tokenizer, entry: dict, base_specs: list[dict], result: dict) -> None:
+        """Per pair, ``item_link`` (evaluation/compare.py): each item's Korean and English question (the prompts)
+        pooled as the model's representation, their cosine written into the items file, and the AUC with which
+        it separates the agreeing items from the others, into ``result[pair]["item_link"]``."""
+        spec, english = self.link_pooling(entry, model, base_specs)
+        for p in self.pairs:
+            path = self.out_dir / entry["label"] / f"{p['name']}.items.jsonl"
+            rows = read_items(path)
+            v = pooled_vectors(model, tokenizer, spec, [p["ko_items"][j]["text"] for j in p["ko_idx"]],
+                               [p["en_items"][i]["text"] for i in p["en_idx"]], self.device, entry["label"], english)
+            similarity = pair_cosine(v["ko"], v["en"])
+            result[p["name"]]["item_link"] = {**item_link(rows, similarity, self.counts[p["name"]], self.args.ci_level),
+                                              "pooled": describe_pooling(spec)}
+            with open(path, "w", encoding="utf-8") as f:
+                for row, sim in zip(rows, similarity.tolist()):
+                    f.write(json.dumps({**row, "similarity": sim}, ensure_ascii=False) + "\n")
 
     def representation(self, model, tokenizer, entry: dict, base_specs: list[dict]) -> dict:
         """Per-layer metrics, and "representation": the run's own pooling (a run's checkpoint) or, for a model

@@ -424,3 +424,28 @@ def alignment_intervals(ko, en, ko_keys: Sequence[Hashable] | None = None, en_ke
     sample; a replicate without a random pair is dropped)."""
     reps = alignment_replicates(ko, en, ko_keys, en_keys, counts=counts)
     return {key: percentile_ci(reps[key], level) for key in ALIGNMENT_KEYS}
+
+
+# ----------------------------------------------------------------------------- AUC
+
+
+def auc_replicates(scores, labels, counts) -> np.ndarray:
+    """The ROC AUC of ``scores`` (n,) separating ``labels`` (n,) bool (True: the positive class) on every
+    bootstrap replicate: (B,) float64. On a replicate with item weights w (``counts[b]``), AUC = sum over
+    positive i and negative j of w_i w_j (1[s_i > s_j] + 1/2 1[s_i = s_j]) / (sum_pos w)(sum_neg w): the
+    Mann-Whitney AUC of the resampled multiset (``common.metrics.roc_auc`` when all weights are 1). NaN on a
+    replicate without a positive or a negative item. O(B n_pos n_neg) through one matrix product."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"need scores and labels of one length, got {s.shape} and {y.shape}")
+    w = _weights(counts, s.size)
+    pos, neg = s[y], s[~y]
+    above = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])  # (n_pos, n_neg)
+    w_pos, w_neg = w[:, y], w[:, ~y]
+    return _ratio(np.einsum("bi,ij,bj->b", w_pos, above, w_neg), w_pos.sum(axis=1) * w_neg.sum(axis=1))
+
+
+def auc_interval(scores, labels, counts, level: float = 0.95) -> list[float | None]:
+    """Percentile interval of ``auc_replicates`` (replicates without both classes dropped)."""
+    return percentile_ci(auc_replicates(scores, labels, counts), level)

@@ -18,6 +18,7 @@ import numpy as np
 from common.stats import (
     agreement_intervals,
     agreement_stats,
+    auc_interval,
     paired_comparison,
     resample_counts,
     soft_agreement,
@@ -157,3 +158,21 @@ def add_suite(results: dict, pairs: list[dict], out_dir: Path, iters: int, seed:
             suite.update({k: v for k, v in score_intervals(rows, counts, level).items()
                           if k.removesuffix("_ci") in suite or k.removesuffix("_ci") in ("jsd", "ko_prob_of_en_pred")})
             r["suite"] = suite
+
+
+def item_link(rows: list[dict], similarity, counts: np.ndarray, level: float = 0.95) -> dict:
+    """Does an item whose Korean and English questions are closer in the model's representation get the same
+    answer in both languages? ``similarity`` (n,): each item's KO/EN cosine, in the order of ``rows``. Returns
+    the ROC AUC with which the similarity separates the agreeing items (same predicted choice) from the
+    disagreeing ones (0.5: no link; above: closer questions agree more), its interval over the pair's
+    resamples, both groups' sizes and mean similarity. ``common.metrics.roc_auc`` gives the point value."""
+    from common.metrics import roc_auc
+
+    sim = np.asarray(similarity, dtype=np.float64)
+    agree = np.array([r["pred_en"] == r["pred_ko"] for r in rows])
+    out = {"auc": roc_auc(sim, agree), "n_agree": int(agree.sum()), "n_disagree": int((~agree).sum()),
+           "similarity_agree": float(sim[agree].mean()) if agree.any() else None,
+           "similarity_disagree": float(sim[~agree].mean()) if (~agree).any() else None}
+    if len(counts):
+        out["auc_ci"] = auc_interval(sim, agree, counts, level)
+    return out

@@ -99,13 +99,15 @@ def write_markdown(path: Path, results: dict, pairs: list[dict], args: Arguments
         if layer is not None:
             m, pooled = r["layers"][layer], r.get("layers_pooled", {})
             layer_rows.append([model, str(layer), fmt_ci(m, "parallel_cos"), fmt_ci(m, "gap"),
-                               fmt_ci(m, "retrieval_ko_en"), fmt_ci(m, "retrieval_en_ko"), str(r["best_layer"]),
+                               fmt_ci(m, "retrieval_ko_en"), fmt_ci(m, "retrieval_en_ko"),
+                               fmt_ci(m, "retrieval_strict"), fmt(m.get("cka_debiased")), fmt_ci(m, "language_probe"),
+                               str(r["best_layer"]),
                                pooled.get("pooling", "-") + (", BOS" if pooled.get("include_bos") else "")])
     if layer_rows:
         lines.append(f"\nPer-layer metrics (both languages through the model) at the reported layer "
                      f"({args.report_layer}):\n")
-        lines.append(table(["model", "layer", "cos", "gap", "retrieval ko->en", "retrieval en->ko", "best layer",
-                            "pooling"], layer_rows))
+        lines.append(table(["model", "layer", "cos", "gap", "retrieval ko->en", "retrieval en->ko", "strict retrieval",
+                            "CKA (debiased)", "language probe", "best layer", "pooling"], layer_rows))
     text = "# EN/KO agreement\n\n" + "\n".join(lines) + "\n"
     if pairs:
         norm_head = ["model"]
@@ -222,21 +224,29 @@ def plot_accuracy_vs_step(plt, path: Path, results: dict, pairs: list[dict], ste
     plt.close(fig)
 
 
-def plot_layers(plt, path: Path, with_layers: dict[str, list[dict]]) -> None:
-    """Retrieval both ways and the cosine gap against the layer, one line per model."""
+LAYER_PANELS = [("retrieval_ko_en", "retrieval ko->en (P@1)"), ("retrieval_en_ko", "retrieval en->ko (P@1)"),
+                ("gap", "parallel - random cosine"), ("cka_debiased", "CKA, debiased (1 = same geometry)"),
+                ("language_probe", "language probe accuracy (0.5 = agnostic)")]
+
+
+def plot_layers(plt, path: Path, with_layers: dict[str, list[dict]], panels=LAYER_PANELS) -> None:
+    """Per-layer curves, one line per model (bands where the metric has intervals): retrieval both ways, the
+    cosine gap, debiased CKA and the language probe (the last two hold when the two languages' spaces differ)."""
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
-    for m, layers in with_layers.items():
+    panels = [(k, t) for k, t in panels if any(k in x for layers in with_layers.values() for x in layers)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    for i, (m, layers) in enumerate(with_layers.items()):
         xs = [x["layer"] for x in layers]
-        for ax, key in zip(axes, ("retrieval_ko_en", "retrieval_en_ko", "gap")):
-            ax.plot(xs, [x[key] for x in layers], marker=".", label=m)
-    for ax, key in zip(axes, ("retrieval ko->en (P@1)", "retrieval en->ko (P@1)", "parallel - random cosine")):
+        for ax, (key, _) in zip(axes[0], panels):
+            with_band(ax, xs, [x.get(key) for x in layers], [x.get(f"{key}_ci") for x in layers], f"C{i % 10}", m,
+                      marker=".")
+    for ax, (_, title) in zip(axes[0], panels):
         ax.set_xlabel("layer (0 = embeddings)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(key)
+        ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -276,15 +286,18 @@ def json_safe(x):
 
 def soft_and_suite_markdown(results: dict, pairs: list[dict]) -> str:
     """The soft agreement per model and pair, and the suite's scores when several pairs were evaluated."""
-    rows = [[model, f"{p['en']}/{p['ko']}", fmt_ci(r[p["name"]], "jsd"), fmt_ci(r[p["name"]], "ko_prob_of_en_pred")]
+    rows = [[model, f"{p['en']}/{p['ko']}", fmt_ci(r[p["name"]], "jsd"), fmt_ci(r[p["name"]], "ko_prob_of_en_pred"),
+             fmt_ci(r[p["name"]].get("item_link") or {}, "auc")]
             for model, r in results.items() for p in pairs if "jsd" in r.get(p["name"], {})]
     text = ""
     if rows:
         text += ("\nSoft agreement (from the per-choice log-likelihoods): JSD, the mean Jensen-Shannon divergence "
                  "(bits, 0 = the same choice distribution in both languages, 1 = disjoint) between the English and "
                  "Korean softmax over the choices; P_ko(EN choice), the mean probability the Korean distribution "
-                 "gives the English prediction:\n\n")
-        text += table(["model", "pair", "JSD", "P_ko(EN choice)"], rows) + "\n"
+                 "gives the English prediction; item link, the AUC with which the cosine of an item's Korean and "
+                 "English question (pooled as the model's representation) separates the items answered alike from "
+                 "the others (0.5: no link):\n\n")
+        text += table(["model", "pair", "JSD", "P_ko(EN choice)", "item link AUC"], rows) + "\n"
     suites = [(model, r["suite"]) for model, r in results.items() if r.get("suite")]
     if suites:
         text += (f"\nSuite ({len(suites[0][1]['pairs'])} pairs, items pooled; intervals resample each task's items "

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from common.data import DataError, iter_parallel_jsonl, sample_indices, text_key
-from common.metrics import alignment_metrics
+from common.metrics import alignment_measures, alignment_metrics, language_probe_hits, retrieval_hits
 from common.pooling import LayerMixture, layer_states, pool, pooled_layers, pooling_mask
-from common.stats import alignment_intervals
+from common.stats import alignment_intervals, weighted_mean_ci
 from evaluation import EvalError
 from evaluation.models import num_layers_of, num_layers_of_model, read_json
 
@@ -258,7 +258,7 @@ def layer_metrics(model, tokenizer, ko: list[str], en: list[str], args: Argument
         pick = (lambda t: t) if rows is None else (lambda t: t[rows])
         ko_keys = ko if rows is None else [ko[i] for i in rows]
         en_keys = en if rows is None else [en[i] for i in rows]
-        return [{"layer": layer, **alignment_metrics(pick(ko_vecs[layer]), pick(en_vecs[layer]), ko_keys, en_keys)}
+        return [{"layer": layer, **all_metrics(pick(ko_vecs[layer]), pick(en_vecs[layer]), ko_keys, en_keys)}
                 for layer in range(len(ko_vecs))]
 
     groups = source_groups(sources, args.min_source_pairs) if sources is not None else {}
@@ -269,27 +269,38 @@ def layer_metrics(model, tokenizer, ko: list[str], en: list[str], args: Argument
     return layers, {s: per_layer(rows) for s, rows in groups.items()}
 
 
+def all_metrics(ko, en, ko_keys, en_keys) -> dict:
+    """Every alignment measure of N pairs: ``alignment_metrics`` (cosines, gap, retrieval) and
+    ``alignment_measures`` (linear and debiased CKA, the held-out language probe, strict two-way retrieval)."""
+    return {**alignment_metrics(ko, en, ko_keys, en_keys), **alignment_measures(ko, en, ko_keys, en_keys)}
+
+
 def with_intervals(ko, en, ko_keys, en_keys, counts: np.ndarray, level: float) -> dict:
-    """``<metric>_ci`` for every metric of ``alignment_metrics`` (``common.stats.alignment_intervals``: pairs
-    resampled with ``counts``)."""
-    return {f"{k}_ci": v for k, v in alignment_intervals(ko, en, ko_keys, en_keys, counts=counts, level=level).items()}
+    """``<metric>_ci`` where a resample of the pairs (``counts``) defines one: every metric of
+    ``alignment_metrics`` (``common.stats.alignment_intervals``), strict retrieval (the mean of each pair's
+    two-way hit) and the language probe (the mean of each pair's held-out hits: the uncertainty of the test
+    pairs, the fitted class means held fixed). The CKAs get none: they are not means over pairs, and a
+    resample with replacement repeats rows, which a kernel statistic reads as signal."""
+    out = {f"{k}_ci": v for k, v in alignment_intervals(ko, en, ko_keys, en_keys, counts=counts, level=level).items()}
+    out["retrieval_strict_ci"] = weighted_mean_ci(retrieval_hits(ko, en, ko_keys, en_keys)["strict"].numpy(),
+                                                  counts, level)
+    out["language_probe_ci"] = weighted_mean_ci(language_probe_hits(ko, en).numpy(), counts, level)
+    return out
 
 
 @torch.no_grad()
-def pooled_representation(model, tokenizer, spec: dict, pairs: dict, device, label: str, min_source_pairs: int = 50,
-                          english: tuple | None = None, counts: np.ndarray | None = None, level: float = 0.95) -> dict:
-    """The sentence vectors exactly as train_contrastive.py's validation computes them, and their metrics.
+def pooled_vectors(model, tokenizer, spec: dict, ko_texts: list[str], en_texts: list[str], device, label: str,
+                   english: tuple | None = None) -> dict:
+    """The sentence vectors exactly as train_contrastive.py's validation computes them.
 
-    Each side is tokenized alone (truncated to ``max_seq_length``), batched in file order by ``batch_size`` and
+    Each side is tokenized alone (truncated to ``max_seq_length``), batched in order by ``batch_size`` and
     padded to the longest of the batch as the trainer's collator does (the tokenizer's own padding side; to a
     multiple of 8 on CUDA), pooled with ``common.pooling.pooled_layers`` at ``layers`` (mean or last, BOS
     excluded unless ``include_bos``), mixed by a ``LayerMixture`` holding the trained weights (per-layer L2
     normalisation by ``normalize``), under the run's autocast. The English side goes through ``english``
-    ((model, tokenizer): the frozen starting model or --english_model) or the model itself. Duplicate texts are
-    recognised by their token ids (``common.data.text_key``), as in training. Returns the overall metrics
-    (``common.metrics.alignment_metrics``), ``by_source`` (sources with at least ``min_source_pairs`` pairs,
-    when there are several) and, for a mixture, ``layer_share`` (each layer's effective share); with ``counts``
-    (resampled pair counts), ``<metric>_ci`` of the overall metrics."""
+    ((model, tokenizer): the frozen starting model or --english_model) or the model itself. Returns {"ko", "en":
+    (N, D) float32, "ko_keys", "en_keys": the token ids as keys (``common.data.text_key``: duplicate texts are
+    recognised by them, as in training), "layer_share": each mixed layer's effective share, or None}."""
     en_model, en_tokenizer = english if english is not None else (model, tokenizer)
     layers = spec["layers"] or [num_layers_of_model(model) // 2]
     mixture = None
@@ -297,8 +308,8 @@ def pooled_representation(model, tokenizer, spec: dict, pairs: dict, device, lab
         mixture = LayerMixture(layers, temperature=1.0, normalize=spec["normalize"]).to(device)
         mixture.logits.copy_(torch.tensor(spec["weights"], dtype=torch.float32).log())  # softmax(log w) = w
     pad8 = 8 if device.type == "cuda" else None
-    ids = {"ko": tokenizer(pairs["ko"], truncation=True, max_length=spec["max_seq_length"])["input_ids"],
-           "en": en_tokenizer(pairs["en"], truncation=True, max_length=spec["max_seq_length"])["input_ids"]}
+    ids = {"ko": tokenizer(ko_texts, truncation=True, max_length=spec["max_seq_length"])["input_ids"],
+           "en": en_tokenizer(en_texts, truncation=True, max_length=spec["max_seq_length"])["input_ids"]}
     sides = {"ko": (model, tokenizer), "en": (en_model, en_tokenizer)}
     vectors, shares = {"ko": [], "en": []}, []
     for start in range(0, len(ids["ko"]), spec["batch_size"]):
@@ -319,16 +330,30 @@ def pooled_representation(model, tokenizer, spec: dict, pairs: dict, device, lab
             both = torch.cat([per_layer["ko"], per_layer["en"]], dim=1)
             shares.append(mixture.shares(both) * both.shape[1])
     ko, en = torch.cat(vectors["ko"]), torch.cat(vectors["en"])
-    ko_keys, en_keys = [text_key(x) for x in ids["ko"]], [text_key(x) for x in ids["en"]]
-    result = alignment_metrics(ko, en, ko_keys, en_keys)
+    share = None
+    if mixture is not None:
+        total = torch.stack(shares).sum(dim=0) / (2 * len(ko))
+        share = {str(layer): s.item() for layer, s in zip(layers, total)}
+    return {"ko": ko, "en": en, "ko_keys": [text_key(x) for x in ids["ko"]],
+            "en_keys": [text_key(x) for x in ids["en"]], "layer_share": share}
+
+
+def pooled_representation(model, tokenizer, spec: dict, pairs: dict, device, label: str, min_source_pairs: int = 50,
+                          english: tuple | None = None, counts: np.ndarray | None = None, level: float = 0.95) -> dict:
+    """The metrics of the sentence vectors of ``pooled_vectors`` (as train_contrastive.py's validation computes
+    them) on the parallel ``pairs``: ``all_metrics`` overall, ``by_source`` (sources with at least
+    ``min_source_pairs`` pairs, when there are several) and, for a mixture, ``layer_share`` (each layer's
+    effective share); with ``counts`` (resampled pair counts), ``<metric>_ci`` of the overall metrics."""
+    v = pooled_vectors(model, tokenizer, spec, pairs["ko"], pairs["en"], device, label, english)
+    ko, en, ko_keys, en_keys = v["ko"], v["en"], v["ko_keys"], v["en_keys"]
+    result = all_metrics(ko, en, ko_keys, en_keys)
     if counts is not None and len(counts):
         result.update(with_intervals(ko, en, ko_keys, en_keys, counts, level))
     result["by_source"] = {
-        source: alignment_metrics(ko[rows], en[rows], [ko_keys[i] for i in rows], [en_keys[i] for i in rows])
+        source: all_metrics(ko[rows], en[rows], [ko_keys[i] for i in rows], [en_keys[i] for i in rows])
         for source, rows in source_groups(pairs["source"], min_source_pairs).items()}
-    if mixture is not None:
-        total = torch.stack(shares).sum(dim=0) / (2 * len(ko))
-        result["layer_share"] = {str(layer): s.item() for layer, s in zip(layers, total)}
+    if v["layer_share"] is not None:
+        result["layer_share"] = v["layer_share"]
     return result
 
 

@@ -159,3 +159,28 @@ def test_demo_eval_intervals_and_comparison_end_to_end(demo_eval):
     assert "Paired comparisons" in md and f"| run/checkpoint-5 | base | {pair.replace('__', '/')} | +0.0000" in md
     assert f"{s['acc_en']:.4f} [{s['acc_en_ci'][0]:.3f}, {s['acc_en_ci'][1]:.3f}]" in md
     assert (out / "accuracy_vs_step.png").is_file()
+
+
+def test_demo_eval_item_link_and_layer_measures(demo_eval):
+    """item_link: the AUC of the items file's KO/EN similarity separating agreeing items, with its interval on
+    the pair's resamples; the per-layer and pooled representation carry the alignment measures."""
+    from common.metrics import roc_auc
+
+    results, out = demo_eval
+    (pair,) = [k for k, v in results["base"].items() if isinstance(v, dict) and "agreement" in v]
+    for model in ("run/checkpoint-5", "base"):
+        rows = compare.read_items(out / model / f"{pair}.items.jsonl")
+        sim = np.array([r["similarity"] for r in rows])
+        agree = np.array([r["pred_en"] == r["pred_ko"] for r in rows])
+        link = results[model][pair]["item_link"]
+        assert link["auc"] == pytest.approx(roc_auc(sim, agree))
+        assert link["auc_ci"] == stats.auc_interval(sim, agree, compare.pair_counts(20, 200, 1234))
+        assert link["n_agree"] == agree.sum() and link["n_disagree"] == (~agree).sum()
+    # the same weights pooled the same way: the same similarities
+    same = [compare.read_items(out / m / f"{pair}.items.jsonl") for m in ("run/checkpoint-5", "base")]
+    assert [r["similarity"] for r in same[0]] == pytest.approx([r["similarity"] for r in same[1]])
+    for m in results["run/checkpoint-5"]["layers"]:
+        assert {"cka", "cka_debiased", "language_probe", "retrieval_strict", "retrieval_strict_ci"} <= set(m)
+        assert m["retrieval_strict"] <= min(m["retrieval_ko_en"], m["retrieval_en_ko"]) + 1e-9
+        lo, hi = m["language_probe_ci"]
+        assert lo <= m["language_probe"] <= hi

@@ -473,3 +473,22 @@ def test_alignment_errors():
         stats.alignment_replicates(ko, en, counts=np.ones((1, 4)))
     with pytest.raises(ValueError, match="ko_keys has 4 entries"):
         stats.alignment_replicates(ko, en, ko_keys[:4], counts=np.ones((1, 5)))
+
+
+def test_auc_replicates_equal_a_loop_over_resampled_items():
+    """Each replicate's AUC is roc_auc of the resampled items (drawn as resample_counts draws them)."""
+    from common.metrics import roc_auc
+
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.normal(size=40), 1)  # rounded: ties between the classes occur
+    labels = rng.random(40) < 0.6
+    counts = stats.resample_counts(40, 50, seed=9)
+    got = stats.auc_replicates(scores, labels, counts)
+    draw = np.random.default_rng(9)
+    for b in range(50):
+        idx = draw.integers(0, 40, 40)
+        want = roc_auc(scores[idx], labels[idx]) if labels[idx].any() and not labels[idx].all() else np.nan
+        assert got[b] == pytest.approx(want, abs=1e-12, nan_ok=True)
+    ones = np.ones((1, 40), dtype=int)
+    assert stats.auc_replicates(scores, labels, ones)[0] == pytest.approx(roc_auc(scores, labels))
+    assert stats.auc_interval(scores, labels, counts) == stats.percentile_ci(got)
