@@ -102,6 +102,7 @@ from evaluation.models import (
     read_json,
     resolve_models,
 )
+from evaluation.presets import resolve_pairs
 from evaluation.render import json_safe, write_markdown, write_plots
 from evaluation.representation import (
     best_layer,
@@ -139,15 +140,21 @@ class Arguments:
     )})
     # tasks
     pair: list[str] = field(default_factory=lambda: [DEFAULT_PAIR], metadata={"help": (
-        "Paired tasks 'EN_TASK:KO_TASK' (lm-eval multiple_choice tasks whose docs share an id field), from the "
-        "project's tasks/, --include_path or lm-eval's built-in tasks. Several allowed."
+        "Paired tasks: a preset (arc, belebele, global_mmlu_lite, global_mmlu, paws_x, demo: lm-eval's parallel "
+        "tasks with their join and cluster fields, see evaluation/presets.py) or 'EN_TASK:KO_TASK' (lm-eval "
+        "multiple_choice tasks whose docs share an id field, from the project's tasks/, --include_path or "
+        "lm-eval's built-in tasks). Several allowed."
+    )})
+    suite: str | None = field(default=None, metadata={"help": (
+        "A named set of presets evaluated after the --pair ones: 'koen' (arc, belebele, global_mmlu_lite, paws_x)."
     )})
     include_path: list[str] = field(default_factory=list, metadata={"help": (
         "Extra folders of lm-eval task YAMLs (the project's tasks/ is always included)."
     )})
     en_data: str | None = field(default=None, metadata={"help": (
-        "ARC-format JSONL (id, question, choices {text, label}, answerKey) that replaces the English task's "
-        "dataset. Unset: the dataset named in the YAML (hub: online machines only)."
+        "JSONL that replaces the English task's dataset, in the rows' format the task reads (the default ARC "
+        "pair: id, question, choices {text, label}, answerKey; a preset: its hub dataset's fields); the task's "
+        "prompt, choices and target stay. Unset: the dataset named in the YAML (hub: online machines only)."
     )})
     ko_data: str | None = field(default=None, metadata={"help": "Korean counterpart of --en_data, joined to it by id."})
     id_field: str = field(default="id", metadata={"help": (
@@ -286,7 +293,8 @@ def check_args(args: Arguments) -> None:
         raise EvalError(f"--seed must be >= 0, got {args.seed}")
     if (args.en_data is None) != (args.ko_data is None):
         raise EvalError("give both --en_data and --ko_data, or neither")
-    if args.en_data and not args.skip_tasks and len(args.pair) != 1:
+    pairs = resolve_pairs(args.pair, args.suite, args.id_field)  # an unknown preset: one line naming them
+    if args.en_data and not args.skip_tasks and len(pairs) != 1:
         raise EvalError("--en_data/--ko_data replace the data of a single pair; for several pairs, "
                         "put the data files in the task YAMLs (--include_path)")
     for name in ("en_data", "ko_data", "parallel_file"):
@@ -305,9 +313,6 @@ def check_args(args: Arguments) -> None:
         raise EvalError(f"--english_model {args.english_model}: no such model folder (nor a hub id org/name)")
     if args.watch_interval <= 0:
         raise EvalError(f"--watch_interval must be > 0, got {args.watch_interval}")
-    for p in args.pair:
-        if p.count(":") != 1 or not all(p.split(":")):
-            raise EvalError(f"--pair must be EN_TASK:KO_TASK, got {p!r}")
 
 
 # ----------------------------------------------------------------------------- main

@@ -29,8 +29,9 @@ from common import stats  # noqa: E402
 from evaluation import compare  # noqa: E402
 
 
-def fake_rows(n: int, choices: int, rng) -> list[dict]:
-    gold = rng.integers(0, choices, n)
+def fake_rows(gold: np.ndarray, choices: int, rng) -> list[dict]:
+    """One model's items: random log-likelihoods, the predictions their argmax, the same gold for every model."""
+    n = len(gold)
     rows = []
     for i in range(n):
         en, ko = rng.normal(size=choices), rng.normal(size=choices)
@@ -42,7 +43,8 @@ def fake_rows(n: int, choices: int, rng) -> list[dict]:
 
 def statistics_alone(models: int, iters: int, items: int, pairs: int, layers: int, hidden: int) -> dict:
     rng = np.random.default_rng(0)
-    rows = [fake_rows(items, 4, rng) for _ in range(models)]
+    gold = rng.integers(0, 4, items)
+    rows = [fake_rows(gold, 4, rng) for _ in range(models)]
     t0 = time.perf_counter()
     counts = compare.pair_counts(items, iters, seed=1234)
     for r in rows:

@@ -16,6 +16,15 @@ import numpy as np
 
 from common.stats import agreement_stats
 from evaluation import EvalError
+from evaluation.presets import (
+    DROP_GOLD,
+    DROP_ONLY_EN,
+    DROP_ONLY_KO,
+    doc_key,
+    group_as_task,
+    lm_eval_task_dir,
+    resolve_pairs,
+)
 
 if TYPE_CHECKING:  # the argument dataclass of eval_agreement.py
     from eval_agreement import Arguments
@@ -57,7 +66,9 @@ def absolutise_data_files(cfg: dict, yaml_path: str | None) -> None:
 
 def task_config(task_manager, name: str, data_file: str | None) -> dict | str:
     """The task's YAML config as a dict (includes and !function resolved), its data files made absolute,
-    its dataset replaced by ``data_file`` (an ARC-format JSONL, split 'test') when given."""
+    its dataset replaced by ``data_file`` (a JSONL file in the rows' format the task reads, split 'test') when
+    given; the prompt, choices, target and ``process_docs`` stay the task's. A group of tasks that differ only
+    in the documents they keep (Global-MMLU) becomes one task holding all of them (``group_as_task``)."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
     entry = task_manager.task_index.get(name)
@@ -65,11 +76,14 @@ def task_config(task_manager, name: str, data_file: str | None) -> dict | str:
         known = ", ".join(task_manager.all_subtasks[:20]) or "none"
         folders = [str(TASKS_DIR)] + [str(p) for p in task_manager.include_path[1:]]
         raise EvalError(f"unknown task {name!r}; tasks found in {folders}: {known}")
-    if entry.yaml_path is None:
+    if entry.kind.name in ("GROUP", "TAG"):
+        cfg = group_as_task(task_manager, name)
+    elif entry.yaml_path is None:
         if data_file:
             raise EvalError(f"task {name} has no YAML config, so its data cannot be replaced")
         return name
-    cfg = load_yaml(str(entry.yaml_path), resolve_func=True)
+    else:
+        cfg = load_yaml(str(entry.yaml_path), resolve_func=True)
     for key in ("tag", "group", "task_list"):
         cfg.pop(key, None)
     if cfg.get("output_type") != "multiple_choice":
@@ -203,14 +217,18 @@ def load_task(task_manager, spec, where: str, hint: str = ""):
     return next(iter(loaded.values()))
 
 
-def task_items(task, id_field: str, where: str) -> list[dict]:
-    """[{id, gold, choices}] of the task's evaluation docs, in order."""
+def task_items(task, join: str | tuple[str, ...], where: str, drop_gold_outside: bool = False) -> list[dict]:
+    """[{id, gold, choices, text}] of the task's evaluation docs, in order (item k is document k; text: the
+    prompt, ``doc_to_text``). ``join``: the field, or fields, whose values identify an item (the id is then their
+    tuple); 'doc_id' joins by position. An item whose gold is not one of its choices (PAWS-X's label -1) is an
+    error, or with ``drop_gold_outside`` kept with gold -1 for ``prepare_pairs`` to drop from both languages."""
+    join = (join,) if isinstance(join, str) else tuple(join)
     items, missing = [], 0
     for i, doc in enumerate(task.eval_docs):
-        if id_field == "doc_id":
+        if join == ("doc_id",):
             doc_id = i
-        elif id_field in doc:
-            doc_id = doc[id_field]
+        elif all(f in doc for f in join):
+            doc_id = doc_key(doc, join)
         else:
             missing += 1
             continue
@@ -219,18 +237,26 @@ def task_items(task, id_field: str, where: str) -> list[dict]:
         if isinstance(gold, str):
             gold = choices.index(gold) if gold in choices else -1
         if isinstance(gold, list) or not 0 <= gold < len(choices):
-            raise EvalError(f"{where}: item {doc_id!r} has gold {gold!r}; "
-                            f"a single gold index within its {len(choices)} choices is required")
-        items.append({"id": doc_id, "gold": int(gold), "choices": list(choices)})
+            if not drop_gold_outside or isinstance(gold, list):
+                raise EvalError(f"{where}: item {doc_id!r} has gold {gold!r}; "
+                                f"a single gold index within its {len(choices)} choices is required")
+            gold = -1
+        text = task.doc_to_text(doc)  # the prompt the model reads: the question whose KO/EN similarity item_link uses
+        items.append({"id": doc_id, "gold": int(gold), "choices": list(choices), "text": text if isinstance(text, str)
+                      else str(text)})
     if missing:
-        raise EvalError(f"{where}: {missing} of {missing + len(items)} docs have no field {id_field!r} to join on "
+        fields = " + ".join(repr(f) for f in join)
+        raise EvalError(f"{where}: {missing} of {missing + len(items)} docs have no field {fields} to join on "
                         "(--id_field doc_id joins by position)")
     return items
 
 
-def pair_items(en: list[dict], ko: list[dict], en_where: str, ko_where: str, show: int = 5) -> dict:
-    """Check that the two tasks hold the same items; return {id: ko position}.
-    Errors list counts and first mismatches."""
+def pair_items(en: list[dict], ko: list[dict], en_where: str, ko_where: str, show: int = 5,
+               drop_unpaired: bool = False) -> tuple[dict, dict[str, list]]:
+    """Check that the two tasks hold the same items; return ({id: ko position}, {reason: [ids dropped]}).
+    Items with gold -1 in either language are dropped ("gold outside the choices"; ``task_items`` lets them
+    through only when the pair drops them), and with ``drop_unpaired`` the ids of one language only; any
+    other difference is an error that lists counts and first mismatches."""
     problems = []
     for items, where in ((en, en_where), (ko, ko_where)):
         seen, dups = set(), []
@@ -244,14 +270,21 @@ def pair_items(en: list[dict], ko: list[dict], en_where: str, ko_where: str, sho
     en_ids = {it["id"] for it in en}
     only_en = [it["id"] for it in en if it["id"] not in ko_pos]
     only_ko = [it["id"] for it in ko if it["id"] not in en_ids]
-    if only_en:
-        problems.append(f"{len(only_en)} ids only in {en_where} (first: {only_en[:show]})")
-    if only_ko:
-        problems.append(f"{len(only_ko)} ids only in {ko_where} (first: {only_ko[:show]})")
+    dropped = {DROP_GOLD: [], DROP_ONLY_EN: [], DROP_ONLY_KO: []}
+    if drop_unpaired:
+        dropped[DROP_ONLY_EN], dropped[DROP_ONLY_KO] = only_en, only_ko
+    else:
+        if only_en:
+            problems.append(f"{len(only_en)} ids only in {en_where} (first: {only_en[:show]})")
+        if only_ko:
+            problems.append(f"{len(only_ko)} ids only in {ko_where} (first: {only_ko[:show]})")
     n_choice, gold = [], []
     for it in en:
         j = ko_pos.get(it["id"])
         if j is None:
+            continue
+        if it["gold"] < 0 or ko[j]["gold"] < 0:
+            dropped[DROP_GOLD].append(it["id"])
             continue
         if len(it["choices"]) != len(ko[j]["choices"]):
             n_choice.append(f"{it['id']}: {len(it['choices'])} vs {len(ko[j]['choices'])}")
@@ -264,7 +297,7 @@ def pair_items(en: list[dict], ko: list[dict], en_where: str, ko_where: str, sho
     if problems:
         raise EvalError(f"{en_where} ({len(en)} items) and {ko_where} ({len(ko)} items) do not pair up:\n  "
                         + "\n  ".join(problems))
-    return ko_pos
+    return ko_pos, {reason: ids for reason, ids in dropped.items() if ids}
 
 
 class TaskLookup:
@@ -277,6 +310,7 @@ class TaskLookup:
         self.include_path = [str(TASKS_DIR)] + [os.path.abspath(p) for p in include_path]
         self.ours = TaskManager(include_path=self.include_path, include_defaults=False)
         self._with_defaults = None
+        self._folders = {}
 
     @property
     def with_defaults(self):
@@ -300,14 +334,34 @@ class TaskLookup:
                             f"{self.include_path} (tasks there: {known})")
         return manager
 
+    def manager_for_preset(self, preset):
+        """A TaskManager of our folders and the one folder of lm-eval's tasks that holds the preset's tasks
+        (indexed in a fraction of a second), else ``manager_for`` the preset's two task names."""
+        folder = lm_eval_task_dir(preset)
+        if folder is None:
+            return self.manager_for(preset.en, preset.ko)
+        if folder not in self._folders:
+            from lm_eval.tasks import TaskManager
+
+            self._folders[folder] = TaskManager(include_path=self.include_path + [folder], include_defaults=False)
+        manager = self._folders[folder]
+        for name in (preset.en, preset.ko):
+            if name not in manager.task_index:
+                raise EvalError(f"task {name} is not in {folder}: this lm-eval does not have the preset's tasks")
+        return manager
+
 
 def prepare_pairs(args: Arguments) -> list[dict]:
-    """Load and cross-check every pair's tasks once, before any model is loaded."""
+    """Load and cross-check every pair's tasks once, before any model is loaded. Each pair (``--pair`` presets
+    or EN_TASK:KO_TASK, ``--suite``) gives a dict with its tasks, items and the positions to evaluate
+    (``en_idx``, ``ko_idx``: the kept items, first ``--limit``), ``cluster`` (a list aligned with ``en_idx``
+    of the preset's cluster field in the English document, or None) and ``dropped`` ({reason: count} of the
+    items left out of both languages, e.g. PAWS-X's label -1)."""
     lookup = TaskLookup(args.include_path)
     pairs = []
-    for spec in args.pair:
-        en_name, ko_name = spec.split(":")
-        task_manager = lookup.manager_for(en_name, ko_name)
+    for preset_name, preset in resolve_pairs(args.pair, args.suite, args.id_field):
+        en_name, ko_name = preset.en, preset.ko
+        task_manager = lookup.manager_for_preset(preset)
         en_where = f"{en_name} ({args.en_data})" if args.en_data else en_name
         ko_where = f"{ko_name} ({args.ko_data})" if args.ko_data else ko_name
         en_cfg = task_config(task_manager, en_name, args.en_data)
@@ -315,15 +369,28 @@ def prepare_pairs(args: Arguments) -> list[dict]:
         en_task = load_task(task_manager, en_cfg, en_where, hub_hint(en_name, en_cfg))
         ko_task = load_task(task_manager, ko_cfg, ko_where, hub_hint(ko_name, ko_cfg))
         check_languages(en_task, ko_task, en_where, ko_where)
-        en_items = task_items(en_task, args.id_field, en_where)
-        ko_items = task_items(ko_task, args.id_field, ko_where)
-        ko_pos = pair_items(en_items, ko_items, en_where, ko_where)
-        en_idx = list(range(len(en_items)))[: args.limit]
+        en_items = task_items(en_task, preset.join, en_where, preset.drop_gold_outside)
+        ko_items = task_items(ko_task, preset.join, ko_where, preset.drop_gold_outside)
+        ko_pos, dropped_ids = pair_items(en_items, ko_items, en_where, ko_where, drop_unpaired=preset.drop_unpaired)
+        left_out = {i for ids in dropped_ids.values() for i in ids}
+        for reason, ids in dropped_ids.items():  # never silently: logged here, counted in the pair's results
+            logger.warning("%s / %s: %d items dropped from both languages (%s; first: %s)",
+                           en_name, ko_name, len(ids), reason, ids[:5])
+        en_idx = [i for i, it in enumerate(en_items) if it["id"] not in left_out][: args.limit]
         ko_idx = [ko_pos[en_items[i]["id"]] for i in en_idx]
+        cluster = None
+        if preset.cluster is not None:
+            docs = en_task.eval_docs
+            if any(preset.cluster not in docs[i] for i in en_idx):
+                raise EvalError(f"{en_where}: documents without the field {preset.cluster!r} that groups items "
+                                "by context")
+            cluster = [docs[i][preset.cluster] for i in en_idx]
         pairs.append({
-            "name": f"{en_name}__{ko_name}", "en": en_name, "ko": ko_name, "en_task": en_task, "ko_task": ko_task,
-            "en_items": en_items, "ko_items": ko_items, "en_idx": en_idx, "ko_idx": ko_idx,
-            "task_manager": task_manager, "id_field": args.id_field,
+            "name": f"{en_name}__{ko_name}", "preset": preset_name, "en": en_name, "ko": ko_name,
+            "en_task": en_task, "ko_task": ko_task, "en_items": en_items, "ko_items": ko_items,
+            "en_idx": en_idx, "ko_idx": ko_idx, "cluster": cluster,
+            "dropped": {reason: len(ids) for reason, ids in dropped_ids.items()},
+            "task_manager": task_manager, "join": preset.join,
         })
     return pairs
 
@@ -336,7 +403,7 @@ def predictions(lls: list[float], choices: list[str]) -> tuple[int, int]:
     return int(np.argmax(lls_arr)), int(np.argmax(lls_arr / lengths))
 
 
-def read_samples(samples: list[dict], task: str, items: list[dict], id_field: str) -> dict[int, dict]:
+def read_samples(samples: list[dict], task: str, items: list[dict], join: tuple[str, ...]) -> dict[int, dict]:
     """{doc position: {lls, pred, pred_norm}} from lm-eval's logged samples of one task, each checked
     against its item (id, number of choices) and against lm-eval's own acc/acc_norm."""
     by_doc = {}
@@ -344,7 +411,7 @@ def read_samples(samples: list[dict], task: str, items: list[dict], id_field: st
         lls = [float(r[0]) for r in s["filtered_resps"]]
         position = s["doc_id"]  # the doc's position in the task's evaluation split
         item = items[position]
-        if id_field != "doc_id" and s["doc"].get(id_field) != item["id"]:
+        if join != ("doc_id",) and doc_key(s["doc"], join) != item["id"]:
             raise RuntimeError(f"{task}: lm-eval's doc {s['doc_id']} is not item {item['id']!r}")
         if len(lls) != len(item["choices"]):
             raise RuntimeError(f"{task} doc {s['doc_id']}: {len(lls)} log-likelihoods "
@@ -372,7 +439,7 @@ def evaluate_pair(lm, pair: dict, seed: int) -> tuple[dict, list[dict]]:
         log_samples=True, bootstrap_iters=0,
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
     )
-    per_lang = {lang: read_samples(out["samples"][task], task, pair[f"{lang}_items"], pair["id_field"])
+    per_lang = {lang: read_samples(out["samples"][task], task, pair[f"{lang}_items"], pair["join"])
                 for lang, task in (("en", en), ("ko", ko))}
     rows = []
     for i, j in zip(pair["en_idx"], pair["ko_idx"]):
@@ -395,6 +462,7 @@ def evaluate_pair(lm, pair: dict, seed: int) -> tuple[dict, list[dict]]:
         "agreement_en_right": acc["agreement_en_right"],
         "agreement_norm": norm["agreement"], "kappa_norm": norm["kappa"], "table_norm": norm["table"],
         "agreement_norm_en_right": norm["agreement_en_right"],
+        "dropped": pair.get("dropped", {}),  # items left out of both languages, by reason (PAWS-X's label -1)
         "lm_eval": {f"{m}_{lang}": out["results"][t].get(f"{m},none")
                     for lang, t in (("en", en), ("ko", ko)) for m in ("acc", "acc_norm")},
     }

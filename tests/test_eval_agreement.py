@@ -16,7 +16,7 @@ import eval_agreement as ea
 from common import stats
 from common.data import sample_indices
 from common.demo import train_demo_tokenizer
-from common.metrics import alignment_metrics
+from common.metrics import alignment_measures, alignment_metrics
 from common.pooling import find_decoder_layers, layer_states
 from evaluation import representation, tasks
 
@@ -183,7 +183,7 @@ def test_end_to_end_real_arc(real_run):
         rows = read_jsonl(out / label / f"{PAIR}.items.jsonl")
         assert [row["id"] for row in rows] == first_ids
         assert set(rows[0]) == {"id", "gold", "pred_en", "pred_ko", "pred_norm_en", "pred_norm_ko",
-                                "loglik_en", "loglik_ko"}
+                                "loglik_en", "loglik_ko", "jsd", "ko_prob_of_en_pred", "similarity"}
         s = r[PAIR]
         # the summary is the per-item file counted again, and lm-eval's own accuracies agree
         recount = stats.agreement_stats([x["gold"] for x in rows], [x["pred_en"] for x in rows],
@@ -238,8 +238,10 @@ def test_end_to_end_layers_on_a_sample_overall_and_per_source(real_run):
             got = layers if source is None else results[label]["layers_by_source"][source]
             ko_keys, en_keys = [pairs[i]["ko"] for i in rows], [pairs[i]["en"] for i in rows]
             for layer in (0, 1, 2):
-                expected = alignment_metrics(ko_all[layer][rows], en_all[layer][rows], ko_keys, en_keys)
-                assert set(got[layer]) == {"layer", *expected}
+                expected = {**alignment_metrics(ko_all[layer][rows], en_all[layer][rows], ko_keys, en_keys),
+                            **alignment_measures(ko_all[layer][rows], en_all[layer][rows], ko_keys, en_keys)}
+                intervals = {f"{k}_ci" for k in expected if "cka" not in k} if source is None else set()
+                assert set(got[layer]) == {"layer", *expected, *intervals}
                 for key, value in expected.items():
                     assert got[layer][key] == pytest.approx(value, abs=1e-4, nan_ok=True), (label, source, layer, key)
     md = (real_run["out"] / "results.md").read_text(encoding="utf-8")
