@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, HfArgumentParser
+from transformers import AutoModelForCausalLM
 
 import train_contrastive as tc
+from common.args import build_parser
 from common.data import DataError, ParallelCollator, iter_parallel_jsonl
 from common.demo import tiny_llama, train_demo_tokenizer
 
@@ -218,7 +219,7 @@ def test_bad_arguments_fail_before_the_model_is_loaded(tmp_path, flags, message)
 
 
 def test_every_argument_has_help_and_an_argument_file_works(tiny_model, tmp_path):
-    for action in HfArgumentParser(tc.Arguments)._actions:
+    for action in build_parser(tc.Arguments)._actions:
         if action.dest != "help":
             assert action.help, action.dest
     args_file = tmp_path / "args.yaml"
