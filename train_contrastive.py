@@ -73,6 +73,7 @@ from common.distributed import (
 from common.flops import layer_params, lm_params, peak_flops, stage1_flops
 from common.losses import duplicate_mask, gather, info_nce
 from common.metrics import alignment_metrics, require_finite
+from common.models import check_model_path
 from common.pooling import LayerMixture, is_llama_family, pack_sentences, pooled_layers
 from common.speed import compile_decoder_layers, load_lm, parse_profile_steps, step_profiler
 
@@ -688,6 +689,7 @@ def main(argv: list[str] | None = None):
     if not args.model_name_or_path or not args.train_file:
         raise ValueError("give --model_name_or_path and --train_file, or a config file "
                          f"(no argument at all runs the embedded demo, {DEMO_CONFIG})")
+    check_model_path(args.model_name_or_path)
     layers = check_args(args, AutoConfig.from_pretrained(args.model_name_or_path).num_hidden_layers)
     # [shared: output dir]
     # Before anything is loaded: refuse a folder that holds another run, and a resume that would change the run.

@@ -58,7 +58,8 @@ from common.demo import demo_config
 from common.distributed import configure_deepspeed, parameter_dims, process_group_kwargs
 from common.flops import lm_params, peak_flops
 from common.metrics import language_model_loss, require_finite
-from common.speed import compile_decoder_layers, load_lm, step_profiler
+from common.models import check_model_path
+from common.speed import compile_decoder_layers, load_lm, parse_profile_steps, step_profiler
 
 logger = logging.getLogger("train_full")
 DEMO_CONFIG = demo_config("stage3")
@@ -217,6 +218,9 @@ def main(argv: list[str] | None = None):
     if not args.model_name_or_path or not args.train_file:
         raise ValueError("give --model_name_or_path and --train_file, or a config file "
                          f"(no argument at all runs the embedded demo, {DEMO_CONFIG})")
+    check_model_path(args.model_name_or_path)
+    if args.profile_steps:  # its form now; its range against the steps once they are known
+        parse_profile_steps(args.profile_steps)
     if not 0 <= args.ko_ratio <= 1:
         raise ValueError(f"--ko_ratio must be in [0, 1], got {args.ko_ratio}")
     if args.block_size is None:
