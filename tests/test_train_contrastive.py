@@ -204,7 +204,7 @@ def test_bad_parallel_line_names_file_and_line(tiny_model, tmp_path):
     (["--mix_layers", "2-9"], r"outside 0..4"),
     (["--pool_layer", "1", "--mix_layers", "1-2"], "not both"),
     (["--lm_weight", "0.5"], "--lm_train_file"),
-    (["--english_encoder", "copy"], "--english_encoder must be one of"),
+    (["--english_encoder", "copy"], "argument --english_encoder: invalid choice: 'copy'"),
     (["--joint_forward", "--english_encoder", "frozen"], "not with --english_encoder frozen"),
     (["--pad_to_multiple_of", "-8"], "--pad_to_multiple_of must be >= 0"),
     (["--pack_length", "-1"], "--pack_length must be >= 0"),
