@@ -29,6 +29,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +41,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, get_scheduler
 
-from common.args import parse_arguments
+from common.args import DISTRIBUTED_NOTE, SCHEDULERS, TRACKERS, parse_arguments
 from common.checkpoint import (
     check_resume,
     claim_output_dir,
@@ -72,6 +73,7 @@ from common.distributed import (
 from common.flops import layer_params, lm_params, peak_flops, stage1_flops
 from common.losses import duplicate_mask, gather, info_nce
 from common.metrics import alignment_metrics, cka_debiased, language_probe, require_finite
+from common.models import check_model_path
 from common.pooling import LayerMixture, is_llama_family, pack_sentences, pooled_layers
 from common.speed import compile_decoder_layers, load_lm, parse_profile_steps, set_sdpa_backends, step_profiler
 
@@ -81,229 +83,238 @@ DEMO_CONFIG = demo_config("stage1")
 
 @dataclass
 class Arguments:
-    # model and data
-    model_name_or_path: str | None = field(default=None, metadata={"help": (
+    HELP_NOTES: ClassVar[dict[str, str]] = {"distributed": DISTRIBUTED_NOTE}  # --help's last section
+    model_name_or_path: str | None = field(default=None, metadata={"group": "model and pooling", "help": (
         "Hugging Face causal LM folder or hub id (the embedded demo's: data/demo/model, a tiny random Llama "
         "and a tokenizer trained on the shipped demo pairs)."
     )})
-    train_file: str | None = field(default=None, metadata={"help": (
+    train_file: str | None = field(default=None, metadata={"group": "data", "help": (
         "Parallel JSONL, one {\"ko\", \"en\", \"source\"} a line (the demo's: data/demo/train.jsonl)."
     )})
-    validation_file: str | None = field(default=None, metadata={"help": (
+    validation_file: str | None = field(default=None, metadata={"group": "data", "help": (
         "Parallel JSONL for the alignment metrics every --eval_steps (the demo's: "
         "data/demo/validation.jsonl)."
     )})
-    output_dir: str = field(default="runs/contrastive", metadata={"help": (
+    output_dir: str = field(default="runs/contrastive", metadata={"group": "logging and saving", "help": (
         "Where checkpoint-{step} folders, log.jsonl and TensorBoard logs go."
     )})
-    max_seq_length: int = field(default=128, metadata={"help": (
+    max_seq_length: int = field(default=128, metadata={"group": "data", "help": (
         "Sentences are truncated to this many tokens (BOS included)."
     )})
-    group_by_length: bool = field(default=True, metadata={"help": (
+    group_by_length: bool = field(default=True, metadata={"group": "data", "help": (
         "Batch sentences of similar length together (less padding); contents stay random at the scale of 64 "
         "batches."
     )})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": (
+    preprocessing_num_workers: int | None = field(default=None, metadata={"group": "speed", "help": (
         "Processes that tokenize the pairs (datasets.map num_proc); the result is the same as with one, row for "
         "row, and cached. Monolingual text for --lm_train_file is best packed beforehand with "
         "data_prep/prepare_mono.py --num_proc N (a packed folder loads as is)."
     )})
-    pad_to_multiple_of: int = field(default=8, metadata={"help": (
+    pad_to_multiple_of: int = field(default=8, metadata={"group": "speed", "help": (
         "Pad each batch's sentences to a multiple of N tokens (tensor-core friendly shapes, and fewer distinct "
         "shapes under --torch_compile); 0 pads to the longest only. Padding is masked: it changes no result."
     )})
-    joint_forward: bool = field(default=False, metadata={"help": (
+    joint_forward: bool = field(default=False, metadata={"group": "speed", "help": (
         "With the English side shared: encode a step's Korean and English sentences in one forward, both padded "
         "to the longer side (half the forwards, twice the rows per matrix product, more padding); the same "
         "vectors. Not with --english_encoder frozen."
     )})
-    pack_length: int = field(default=0, metadata={"help": (
+    pack_length: int = field(default=0, metadata={"group": "speed", "help": (
         "Pack each forward's sentences end to end, without padding, into rows of N tokens (wider for a longer "
         "sentence; N >= --max_seq_length keeps one width, which --torch_compile prefers), each sentence "
         "attending to itself only and its positions counted from 0: the same vectors, no position spent on "
         "padding (--pad_to_multiple_of then only shapes gradient caching's chunks). 0 pads every sentence to the "
         "longest instead. Llama-family models."
     )})
-    dataloader_num_workers: int = field(default=0, metadata={"help": (
+    dataloader_num_workers: int = field(default=0, metadata={"group": "speed", "help": (
         "DataLoader worker processes per training process."
     )})
-    # representation
-    pool_layer: int | None = field(default=None, metadata={"help": (
+    pool_layer: int | None = field(default=None, metadata={"group": "model and pooling", "help": (
         "Pool the hidden state of this layer: 0 = embedding output, L = output of decoder layer L (1..N). "
         "Unset and no --mix_layers: the middle layer N // 2."
     )})
-    mix_layers: str | None = field(default=None, metadata={"help": (
+    mix_layers: str | None = field(default=None, metadata={"group": "model and pooling", "help": (
         "A trainable softmax-weighted mixture of the pooled vectors of these layers instead of one layer: a range "
         "'A-B' (inclusive) or a list '1,5,9-12,17'."
     )})
-    mix_learning_rate: float = field(default=1e-2, metadata={"help": (
+    mix_learning_rate: float = field(default=1e-2, metadata={"group": "optimisation", "help": (
         "Learning rate of the mixture logits (at a model's rate they barely move)."
     )})
-    mix_temperature_final: float | None = field(default=None, metadata={"help": (
+    mix_temperature_final: float | None = field(default=None, metadata={"group": "model and pooling", "help": (
         "Anneal the mixture temperature linearly from --mix_temperature (step 0) to this (last step); "
         "mix_temperature is logged."
     )})
-    mix_entropy_weight: float = field(default=0.0, metadata={"help": (
+    mix_entropy_weight: float = field(default=0.0, metadata={"group": "objective", "help": (
         "Add this times the entropy of the layer weights, H(w) = -sum_k w_k log w_k, to the loss: > 0 pushes the "
         "weights apart (the research saw a spread of 0.0025). mix_entropy is logged."
     )})
-    mix_temperature: float = field(default=1.0, metadata={"help": (
+    mix_temperature: float = field(default=1.0, metadata={"group": "model and pooling", "help": (
         "Softmax temperature of the mixture; below 1 separates the weights faster."
     )})
-    mix_normalize: bool = field(default=True, metadata={"help": (
+    mix_normalize: bool = field(default=True, metadata={"group": "model and pooling", "help": (
         "L2-normalise each layer's pooled vector before the weighted sum, so the mixture weights are layer "
         "importances. --no_mix_normalize mixes the raw vectors (the research's original mixture, in which layer "
         "k contributes w_k * |v_k|; eval/layer_share/L then shows the effective shares)."
     )})
-    pooling: str = field(default="mean", metadata={"help": "'mean' over real tokens, or 'last' real token."})
-    include_bos: bool = field(default=False, metadata={"help": (
+    pooling: str = field(default="mean", metadata={"group": "model and pooling", "choices": ("mean", "last"), "help": (
+        "'mean' over real tokens, or 'last' real token."
+    )})
+    include_bos: bool = field(default=False, metadata={"group": "model and pooling", "help": (
         "Include the BOS token in mean pooling (it is excluded by default: it carries no meaning and its "
         "hidden state is huge)."
     )})
-    # what trains
-    english_encoder: str = field(default="shared", metadata={"help": (
+    english_encoder: str = field(default="shared", metadata={"group": "model and pooling", "help": (
         "'shared': English through the trained model too; 'frozen': through a frozen copy of the starting "
         "model (no gradient, eval mode, not in the optimizer)."
-    )})
-    trainable: str = field(default="all", metadata={"help": (
+    ), "choices": ("shared", "frozen")})
+    trainable: str = field(default="all", metadata={"group": "model and pooling", "help": (
         "'all', 'embeddings' (input embeddings only), 'new_token_embeddings' (only the input-embedding rows from "
         "the base vocabulary size on: the rows a Korean vocabulary expansion added), or comma-separated regexes of "
         "parameter names (e.g. 'embed_tokens,layers\\.[0-5]\\.'); everything else is frozen and stays bitwise "
         "unchanged."
     )})
-    base_vocab_size: int | None = field(default=None, metadata={"help": (
+    base_vocab_size: int | None = field(default=None, metadata={"group": "model and pooling", "help": (
         "For --trainable new_token_embeddings: the vocabulary size before expansion. Unset: base_vocab_size from "
         "the model folder's expand_vocab.json (written by data_prep/expand_vocab.py)."
     )})
-    # objective
-    lm_weight_schedule: str = field(default="constant", metadata={"help": (
+    lm_weight_schedule: str = field(default="constant", metadata={"group": "objective", "help": (
         "How --lm_weight evolves over the run: 'constant', 'warmup' (linear from 0 at the first step to "
         "--lm_weight at the last) or 'decay' (linear from --lm_weight to 0); the weight in use is logged as lm_weight."
-    )})
-    objective_balance: str = field(default="sum", metadata={"help": (
+    ), "choices": ("constant", "warmup", "decay")})
+    objective_balance: str = field(default="sum", metadata={"group": "objective", "help": (
         "How the contrastive and LM gradients combine: 'sum', or 'pcgrad' (when they conflict, cos < 0, each is "
         "projected onto the normal plane of the other before the sum; Yu et al. 2020). pcgrad needs both losses "
         "and runs two backward passes a step; not under DeepSpeed ZeRO."
-    )})
-    grad_conflict_steps: int = field(default=0, metadata={"help": (
+    ), "choices": ("sum", "pcgrad")})
+    grad_conflict_steps: int = field(default=0, metadata={"group": "objective", "help": (
         "Every N steps (0: never), log the cosine between the gradients of the contrastive and of the LM loss "
         "(global, all-reduced) on the trainable parameters: grad_cos/all, grad_cos/embeddings, grad_cos/layers_A-B "
         "(groups of --grad_conflict_group_size decoder layers), and grad_norm/cl, grad_norm/lm. Costs a second "
         "backward pass on those steps; not under DeepSpeed ZeRO (use DDP)."
     )})
-    grad_conflict_group_size: int = field(default=4, metadata={"help": (
+    grad_conflict_group_size: int = field(default=4, metadata={"group": "objective", "help": (
         "Decoder layers per grad_cos/layers_A-B group."
     )})
-    cl_chunk_size: int = field(default=0, metadata={"help": (
+    cl_chunk_size: int = field(default=0, metadata={"group": "speed", "help": (
         "Gradient caching (GradCache): embed the pairs in chunks of this many per process without a graph, "
         "compute InfoNCE over all gathered vectors, then back-propagate chunk by chunk from the cached vector "
         "gradients. The same losses and gradients as the whole batch, with the activation memory of one chunk, "
         "so batches of thousands of pairs (more negatives) fit; costs a second forward. 0: off. One process, "
         "DDP or DeepSpeed ZeRO-2/3; with --objective_balance sum and no --grad_conflict_steps."
     )})
-    mask_duplicates: bool = field(default=True, metadata={"help": (
+    mask_duplicates: bool = field(default=True, metadata={"group": "objective", "help": (
         "Leave out of the InfoNCE softmax every candidate that shares a sentence (token ids) with the anchor's "
         "pair: a repeated sentence is a translation, not a negative. dup_masked logs the count of such cells in "
         "the global batch (with --no_mask_duplicates, the count that would have been masked)."
     )})
-    temperature: float = field(default=0.05, metadata={"help": "InfoNCE temperature tau."})
-    symmetric: bool = field(default=True, metadata={"help": (
+    temperature: float = field(default=0.05, metadata={"group": "objective", "help": "InfoNCE temperature tau."})
+    symmetric: bool = field(default=True, metadata={"group": "objective", "help": (
         "Average the ko->en and en->ko InfoNCE directions (else ko->en only)."
     )})
-    cl_weight: float = field(default=1.0, metadata={"help": (
+    cl_weight: float = field(default=1.0, metadata={"group": "objective", "help": (
         "Weight of the contrastive loss. 0 is the no-CL control: no contrastive forward or backward at all, the "
         "LM loss alone trains (--lm_weight > 0), and the alignment metrics are still evaluated every --eval_steps."
     )})
-    lm_weight: float = field(default=0.0, metadata={"help": (
+    lm_weight: float = field(default=0.0, metadata={"group": "objective", "help": (
         "Weight of the next-token loss on --lm_train_file; 0 turns it off (and the contrastive forward stops "
         "at the deepest pooled layer)."
     )})
-    lm_train_file: str | None = field(default=None, metadata={"help": (
+    lm_train_file: str | None = field(default=None, metadata={"group": "data", "help": (
         "Monolingual text for the LM loss: JSONL {\"text\", \"lang\"} or plain text, one document a line. With "
         "--lm_en_train_file, this is the Korean text."
     )})
-    lm_en_train_file: str | None = field(default=None, metadata={"help": (
+    lm_en_train_file: str | None = field(default=None, metadata={"group": "data", "help": (
         "English text for the LM loss, mixed with --lm_train_file (Korean) by --lm_ko_ratio in every LM batch."
     )})
-    lm_ko_ratio: float = field(default=0.5, metadata={"help": (
+    lm_ko_ratio: float = field(default=0.5, metadata={"group": "data", "help": (
         "With --lm_en_train_file: share of Korean blocks in each LM batch, rounded to whole blocks per process."
     )})
-    block_size: int = field(default=512, metadata={"help": "Length of the packed LM blocks."})
-    per_device_lm_batch_size: int = field(default=4, metadata={"help": "LM blocks per process per step."})
-    # optimisation
-    per_device_train_batch_size: int = field(default=32, metadata={"help": (
+    block_size: int = field(default=512, metadata={"group": "data", "help": "Length of the packed LM blocks."})
+    per_device_lm_batch_size: int = field(default=4, metadata={"group": "optimisation", "help": (
+        "LM blocks per process per step."
+    )})
+    per_device_train_batch_size: int = field(default=32, metadata={"group": "optimisation", "help": (
         "Parallel pairs per process per step; negatives are gathered from all processes."
     )})
-    learning_rate: float = field(default=2e-5, metadata={"help": (
+    learning_rate: float = field(default=2e-5, metadata={"group": "optimisation", "help": (
         "Peak learning rate of the model (the embedded demo's random model uses 1e-3)."
     )})
-    weight_decay: float = field(default=0.0, metadata={"help": (
+    weight_decay: float = field(default=0.0, metadata={"group": "optimisation", "help": (
         "AdamW weight decay for matrices; never applied to embeddings, norms, biases or mixture logits."
     )})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": (
+    lr_scheduler_type: str = field(default="linear", metadata={"group": "optimisation", "choices": SCHEDULERS, "help": (
         "transformers scheduler name: linear, cosine, constant_with_warmup, ..."
     )})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "Share of the steps spent warming up."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 turns it off."})
-    max_steps: int = field(default=-1, metadata={"help": (
+    warmup_ratio: float = field(default=0.03, metadata={"group": "optimisation", "help": (
+        "Share of the steps spent warming up."
+    )})
+    max_grad_norm: float = field(default=1.0, metadata={"group": "optimisation", "help": (
+        "Gradient clipping; 0 turns it off."
+    )})
+    max_steps: int = field(default=-1, metadata={"group": "optimisation", "help": (
         "Total optimizer steps; overrides --num_train_epochs when > 0."
     )})
-    num_train_epochs: float = field(default=1.0, metadata={"help": (
+    num_train_epochs: float = field(default=1.0, metadata={"group": "optimisation", "help": (
         "Epochs, one epoch being one pass over the larger of the pair and LM streams."
     )})
-    seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order and everything else."})
-    bf16: bool = field(default=False, metadata={"help": (
+    seed: int = field(default=42, metadata={"group": "optimisation", "help": (
+        "Seed for initialisation, data order and everything else."
+    )})
+    bf16: bool = field(default=False, metadata={"group": "speed", "help": (
         "bf16 mixed precision (ignored under a DeepSpeed config, which sets its own)."
     )})
-    attn_implementation: str = field(default="sdpa", metadata={"help": (
+    attn_implementation: str = field(default="sdpa", metadata={"group": "speed", "help": (
         "Attention kernel: sdpa (PyTorch's fused kernels), eager (plain, the reference) or flash_attention_2 "
         "(needs the flash-attn package)."
     )})
-    torch_compile: bool = field(default=False, metadata={"help": (
+    torch_compile: bool = field(default=False, metadata={"group": "speed", "help": (
         "torch.compile each decoder layer (common/speed.py); the first steps are slower while it compiles."
     )})
-    sdpa_backends: str = field(default="", metadata={"help": (
+    sdpa_backends: str = field(default="", metadata={"group": "speed", "help": (
         "The kernels sdpa attention may use on CUDA, comma-separated from flash, efficient, cudnn, math (e.g. "
         "'flash,efficient,math' leaves cuDNN's out; common/speed.py set_sdpa_backends). Empty: all of them."
     )})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": (
+    gradient_checkpointing: bool = field(default=False, metadata={"group": "speed", "help": (
         "Recompute activations in the backward pass to save memory."
     )})
-    profile_steps: str = field(default="", metadata={"help": (
+    profile_steps: str = field(default="", metadata={"group": "speed", "help": (
         "Record training steps FIRST-LAST (e.g. 21-25, numbered as in log.jsonl: after compiling and warm-up) with "
         "torch.profiler, into output_dir/profile/: operators by device time, the share of the step the GPU was "
         "busy, and a Chrome trace (common/speed.py). Empty: no profiling."
     )})
-    # bookkeeping
-    logging_steps: int = field(default=10, metadata={"help": "Log the losses every N steps."})
-    eval_steps: int = field(default=100, metadata={"help": (
+    logging_steps: int = field(default=10, metadata={"group": "logging and saving", "help": (
+        "Log the losses every N steps."
+    )})
+    eval_steps: int = field(default=100, metadata={"group": "logging and saving", "help": (
         "Alignment metrics on the validation pairs every N steps (and at step 0)."
     )})
-    max_eval_pairs: int = field(default=1000, metadata={"help": (
+    max_eval_pairs: int = field(default=1000, metadata={"group": "logging and saving", "help": (
         "Validation pairs per eval: a sample seeded by --seed over the whole --validation_file, stratified by "
         "source, the same at every eval and on resume. Metrics overall (eval/<metric>) and per source "
         "(eval/<source>/<metric>, sources with 50 pairs or more)."
     )})
-    save_steps: int = field(default=500, metadata={"help": (
+    save_steps: int = field(default=500, metadata={"group": "logging and saving", "help": (
         "Write checkpoint-{step} every N steps and at the end; 0 writes none (a benchmark or a dry run)."
     )})
-    save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": (
+    save_total_limit: int | None = field(default=None, metadata={"group": "logging and saving", "help": (
+        "Keep only the newest N checkpoints."
+    )})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"group": "logging and saving", "help": (
         "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."
     )})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": (
+    overwrite_output_dir: bool = field(default=False, metadata={"group": "logging and saving", "help": (
         "Start over in an --output_dir that holds checkpoints of an earlier run: its checkpoints and logs are"
         " removed first. Without it such a folder is refused, unless --resume_from_checkpoint continues that "
         "run."
     )})
-    save_state_limit: int = field(default=1, metadata={"help": (
+    save_state_limit: int = field(default=1, metadata={"group": "logging and saving", "help": (
         "Only the newest N checkpoints keep their resume state (optimizer, scheduler, RNG); 0 keeps it in "
         "all. Every checkpoint keeps its model export, in the dtype of the trained weights: fp32 under --bf16"
         " autocast (fp32 master weights), bf16 under a DeepSpeed bf16 config."
     )})
-    report_to: str = field(default="tensorboard", metadata={"help": (
+    report_to: str = field(default="tensorboard", metadata={"group": "logging and saving", "help": (
         "accelerate tracker: 'tensorboard', 'wandb', ..., or 'none'."
-    )})
+    ), "choices": TRACKERS})
 
 
 def parse_layers(spec: str) -> list[int]:
@@ -319,7 +330,8 @@ def parse_layers(spec: str) -> list[int]:
 
 
 def check_args(args: Arguments, num_layers: int) -> list[int]:
-    """Reject bad combinations before any model is loaded; return the layers the representation uses."""
+    """Reject bad combinations before any model is loaded; return the layers the representation uses.
+    (Single values outside a field's choices were refused by the parser already.)"""
     if args.pool_layer is not None and args.mix_layers is not None:
         raise ValueError("give --pool_layer or --mix_layers, not both")
     if args.mix_layers is not None:
@@ -329,20 +341,12 @@ def check_args(args: Arguments, num_layers: int) -> list[int]:
     if not all(0 <= layer <= num_layers for layer in layers):
         raise ValueError(f"layers {layers[0]}..{layers[-1]} are outside 0..{num_layers} "
                          f"(the model has {num_layers} decoder layers)")
-    choices = {"pooling": ("mean", "last"), "english_encoder": ("shared", "frozen")}
-    for name, allowed in choices.items():
-        if getattr(args, name) not in allowed:
-            raise ValueError(f"--{name} must be one of {allowed}, got {getattr(args, name)!r}")
     if args.lm_weight < 0 or args.cl_weight < 0:
         raise ValueError("--lm_weight and --cl_weight must be >= 0")
     if args.lm_weight > 0 and not args.lm_train_file:
         raise ValueError("--lm_weight > 0 needs monolingual text: give --lm_train_file")
     if args.cl_weight == 0 and args.lm_weight == 0:
         raise ValueError("--cl_weight 0 (the no-CL control) trains the LM loss alone: give --lm_weight > 0")
-    if args.lm_weight_schedule not in ("constant", "warmup", "decay"):
-        raise ValueError(f"--lm_weight_schedule must be constant, warmup or decay, got {args.lm_weight_schedule!r}")
-    if args.objective_balance not in ("sum", "pcgrad"):
-        raise ValueError(f"--objective_balance must be sum or pcgrad, got {args.objective_balance!r}")
     if (args.objective_balance == "pcgrad" or args.grad_conflict_steps) and not (args.cl_weight and args.lm_weight):
         raise ValueError("--objective_balance pcgrad and --grad_conflict_steps compare the contrastive and the LM "
                          "gradients: they need --cl_weight > 0 and --lm_weight > 0")
@@ -690,6 +694,7 @@ def main(argv: list[str] | None = None):
     if not args.model_name_or_path or not args.train_file:
         raise ValueError("give --model_name_or_path and --train_file, or a config file "
                          f"(no argument at all runs the embedded demo, {DEMO_CONFIG})")
+    check_model_path(args.model_name_or_path)
     layers = check_args(args, AutoConfig.from_pretrained(args.model_name_or_path).num_hidden_layers)
     # [shared: output dir]
     # Before anything is loaded: refuse a folder that holds another run, and a resume that would change the run.

@@ -22,6 +22,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from accelerate import Accelerator
@@ -30,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoTokenizer, get_scheduler
 
-from common.args import parse_arguments
+from common.args import DISTRIBUTED_NOTE, SCHEDULERS, TRACKERS, parse_arguments
 from common.checkpoint import (
     check_resume,
     claim_output_dir,
@@ -44,7 +45,8 @@ from common.data import LengthGroupedBatchSampler, ShardedBatches, load_text_blo
 from common.demo import demo_config
 from common.distributed import configure_deepspeed, process_group_kwargs
 from common.metrics import language_model_loss, require_finite
-from common.speed import compile_decoder_layers, load_lm, step_profiler
+from common.models import check_model_path
+from common.speed import compile_decoder_layers, load_lm, parse_profile_steps, step_profiler
 
 logger = logging.getLogger("train_lm_head")
 DEMO_CONFIG = demo_config("stage2")
@@ -52,86 +54,101 @@ DEMO_CONFIG = demo_config("stage2")
 
 @dataclass
 class Arguments:
-    model_name_or_path: str | None = field(default=None, metadata={"help": (
+    HELP_NOTES: ClassVar[dict[str, str]] = {"distributed": DISTRIBUTED_NOTE}  # --help's last section
+    model_name_or_path: str | None = field(default=None, metadata={"group": "model", "help": (
         "Hugging Face causal LM folder, e.g. a stage 1 checkpoint (the embedded demo's: data/demo/model, a "
         "tiny random Llama)."
     )})
-    train_file: str | None = field(default=None, metadata={"help": (
+    train_file: str | None = field(default=None, metadata={"group": "data", "help": (
         "Korean training text: JSONL {\"text\", \"lang\"}, plain text (a document a line), or a packed folder "
         "from data_prep/prepare_mono.py (the demo's: data/demo/mono_ko_train.txt)."
     )})
-    validation_file: str | None = field(default=None, metadata={"help": (
+    validation_file: str | None = field(default=None, metadata={"group": "data", "help": (
         "Korean validation text (same formats) for the Korean perplexity."
     )})
-    en_validation_file: str | None = field(default=None, metadata={"help": (
+    en_validation_file: str | None = field(default=None, metadata={"group": "data", "help": (
         "English validation text for the English perplexity (is English kept?)."
     )})
-    output_dir: str = field(default="runs/lm_head", metadata={"help": (
+    output_dir: str = field(default="runs/lm_head", metadata={"group": "logging and saving", "help": (
         "Where checkpoint-{step} folders, log.jsonl and TensorBoard logs go."
     )})
-    block_size: int | None = field(default=None, metadata={"help": (
+    block_size: int | None = field(default=None, metadata={"group": "data", "help": (
         "Tokens per packed training block. Unset: 1024, or the model's context if shorter (the demo: 64)."
     )})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "Blocks per process per step."})
-    learning_rate: float = field(default=1e-4, metadata={"help": (
+    per_device_train_batch_size: int = field(default=8, metadata={"group": "optimisation", "help": (
+        "Blocks per process per step."
+    )})
+    learning_rate: float = field(default=1e-4, metadata={"group": "optimisation", "help": (
         "Peak learning rate of the head (the demo's random model uses 1e-3)."
     )})
-    weight_decay: float = field(default=0.0, metadata={"help": (
+    weight_decay: float = field(default=0.0, metadata={"group": "optimisation", "help": (
         "AdamW weight decay of the head (nothing else is in the optimizer)."
     )})
-    lr_scheduler_type: str = field(default="linear", metadata={"help": (
+    lr_scheduler_type: str = field(default="linear", metadata={"group": "optimisation", "choices": SCHEDULERS, "help": (
         "transformers scheduler name: linear, cosine, constant_with_warmup, ..."
     )})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "Share of the steps spent warming up."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping; 0 turns it off."})
-    max_steps: int = field(default=-1, metadata={"help": (
+    warmup_ratio: float = field(default=0.03, metadata={"group": "optimisation", "help": (
+        "Share of the steps spent warming up."
+    )})
+    max_grad_norm: float = field(default=1.0, metadata={"group": "optimisation", "help": (
+        "Gradient clipping; 0 turns it off."
+    )})
+    max_steps: int = field(default=-1, metadata={"group": "optimisation", "help": (
         "Total optimizer steps; overrides --num_train_epochs when > 0."
     )})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training blocks."})
-    seed: int = field(default=42, metadata={"help": "Seed for initialisation, data order and everything else."})
-    bf16: bool = field(default=False, metadata={"help": (
+    num_train_epochs: float = field(default=1.0, metadata={"group": "optimisation", "help": (
+        "Passes over the training blocks."
+    )})
+    seed: int = field(default=42, metadata={"group": "optimisation", "help": (
+        "Seed for initialisation, data order and everything else."
+    )})
+    bf16: bool = field(default=False, metadata={"group": "speed", "help": (
         "bf16 mixed precision (ignored under a DeepSpeed config, which sets its own)."
     )})
-    attn_implementation: str = field(default="sdpa", metadata={"help": (
+    attn_implementation: str = field(default="sdpa", metadata={"group": "speed", "help": (
         "Attention kernel: sdpa (PyTorch's fused kernels), eager (plain, the reference) or flash_attention_2 "
         "(needs the flash-attn package)."
     )})
-    torch_compile: bool = field(default=False, metadata={"help": (
+    torch_compile: bool = field(default=False, metadata={"group": "speed", "help": (
         "torch.compile each decoder layer (common/speed.py); the first steps are slower while it compiles."
     )})
-    profile_steps: str = field(default="", metadata={"help": (
+    profile_steps: str = field(default="", metadata={"group": "speed", "help": (
         "Record training steps FIRST-LAST (e.g. 21-25, numbered as in log.jsonl: after compiling and warm-up) with "
         "torch.profiler, into output_dir/profile/: operators by device time, the share of the step the GPU was "
         "busy, and a Chrome trace (common/speed.py). Empty: no profiling."
     )})
-    logging_steps: int = field(default=10, metadata={"help": "Log the losses every N steps."})
-    eval_steps: int = field(default=100, metadata={"help": (
+    logging_steps: int = field(default=10, metadata={"group": "logging and saving", "help": (
+        "Log the losses every N steps."
+    )})
+    eval_steps: int = field(default=100, metadata={"group": "logging and saving", "help": (
         "Korean and English validation perplexity every N steps (and at step 0)."
     )})
-    max_eval_blocks: int = field(default=200, metadata={"help": (
+    max_eval_blocks: int = field(default=200, metadata={"group": "logging and saving", "help": (
         "Use at most this many validation blocks per language."
     )})
-    save_steps: int = field(default=500, metadata={"help": (
+    save_steps: int = field(default=500, metadata={"group": "logging and saving", "help": (
         "Write checkpoint-{step} every N steps and at the end; 0 writes none (a benchmark or a dry run)."
     )})
-    save_total_limit: int | None = field(default=None, metadata={"help": "Keep only the newest N checkpoints."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": (
+    save_total_limit: int | None = field(default=None, metadata={"group": "logging and saving", "help": (
+        "Keep only the newest N checkpoints."
+    )})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"group": "logging and saving", "help": (
         "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."
     )})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": (
+    overwrite_output_dir: bool = field(default=False, metadata={"group": "logging and saving", "help": (
         "Start over in an --output_dir that holds checkpoints of an earlier run: its checkpoints and logs are"
         " removed first. Without it such a folder is refused, unless --resume_from_checkpoint continues that "
         "run."
     )})
-    save_state_limit: int = field(default=1, metadata={"help": (
+    save_state_limit: int = field(default=1, metadata={"group": "logging and saving", "help": (
         "Only the newest N checkpoints keep their resume state (optimizer, scheduler, RNG); 0 keeps it in "
         "all. Every checkpoint keeps its model export, in the dtype of the trained weights: fp32 under --bf16"
         " autocast (fp32 master weights), bf16 under a DeepSpeed bf16 config."
     )})
-    report_to: str = field(default="tensorboard", metadata={"help": (
+    report_to: str = field(default="tensorboard", metadata={"group": "logging and saving", "help": (
         "accelerate tracker: 'tensorboard', 'wandb', ..., or 'none'."
-    )})
-    dataloader_num_workers: int = field(default=0, metadata={"help": (
+    ), "choices": TRACKERS})
+    dataloader_num_workers: int = field(default=0, metadata={"group": "speed", "help": (
         "DataLoader worker processes per training process."
     )})
 
@@ -141,6 +158,9 @@ def main(argv: list[str] | None = None):
     if not args.model_name_or_path or not args.train_file:
         raise ValueError("give --model_name_or_path and --train_file, or a config file "
                          f"(no argument at all runs the embedded demo, {DEMO_CONFIG})")
+    check_model_path(args.model_name_or_path)
+    if args.profile_steps:  # its form now; its range against the steps once they are known
+        parse_profile_steps(args.profile_steps)
     if args.block_size is None:
         args.block_size = min(1024, AutoConfig.from_pretrained(args.model_name_or_path).max_position_embeddings)
     # [shared: output dir]

@@ -28,6 +28,8 @@ import socket
 import time
 from pathlib import Path
 
+from common.models import match_file_modes
+
 logger = logging.getLogger(__name__)
 
 # Arguments that may change on resume: they do not change the model, the data, the batch plan or the
@@ -356,6 +358,7 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str, step: int, t
             (tmp / name).write_text(text)
         trainer_state = {"step": step, "num_processes": accelerator.num_processes,
                          "weights_in_export": accelerator.state.deepspeed_plugin is None}
+        match_file_modes(tmp, pattern="**/*.safetensors")  # written 0600 by safetensors: as the files beside them
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state))  # last: marks the folder complete
         if final.exists():
             shutil.rmtree(final)

@@ -23,11 +23,15 @@ class DataError(ValueError):
 
 
 def parse_json_line(line: str, where: str):
-    """``json.loads`` with an error that names ``where`` (``path:line``) instead of a library traceback."""
+    """``json.loads`` with an error that names ``where`` (``path:line``) and the column, instead of a library
+    traceback. The line end is not part of the JSON: left on, a line cut short would be reported at "line 2,
+    column 1", past its end."""
+    text = line.rstrip("\r\n")
     try:
-        return json.loads(line)
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        at = "at the end of the line" if e.pos >= len(text) else f"at column {e.pos + 1}"
+        raise DataError(f"{where}: not valid JSON ({e.msg} {at})") from None
 
 
 def numbered_lines(path: str) -> Iterator[tuple[int, str]]:

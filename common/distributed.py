@@ -6,6 +6,12 @@ from contextlib import contextmanager, nullcontext
 import torch
 from accelerate.utils import InitProcessGroupKwargs
 
+# accelerate imports DeepSpeed whenever it is installed, DeepSpeed config or not (unwrap_model looks for its
+# engine), and DeepSpeed then guesses its accelerator and logs a warning on every machine without CUDA. Naming
+# the accelerator it would choose anyway keeps the CPU runs' output to our own lines.
+if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+    os.environ["DS_ACCELERATOR"] = "cpu"
+
 
 def process_group_kwargs() -> list[InitProcessGroupKwargs]:
     """Accelerator kwargs handlers for the process group: NCCL on GPUs, gloo on CPUs, none for a

@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 from common.args import parse_arguments
 from common.cli import run_main
 from common.data import DataError
+from common.models import check_model_path, match_file_modes
 from data_prep.sources import DEFAULT_EXCLUDE, has_hangul, iter_clean_documents
 
 BUILTIN_ENGLISH = [
@@ -292,6 +293,11 @@ def check_korean_model(ko: sp_pb2.ModelProto, new_pieces: list[str], args: Argum
 def check_args(args: Arguments) -> None:
     if not args.base_tokenizer or not args.ko_corpus:
         raise ValueError("give --base_tokenizer and --ko_corpus")
+    # before the Korean model trains: a missing model is one line now, not a hub traceback minutes later
+    if not os.path.exists(args.base_tokenizer):
+        check_model_path(args.base_tokenizer, "--base_tokenizer", file="tokenizer.model", what="file or folder")
+    if args.model_name_or_path:
+        check_model_path(args.model_name_or_path)
     if args.new_piece_scores not in ("below", "above"):
         raise ValueError(f"--new_piece_scores must be below or above, got {args.new_piece_scores!r}")
     if not 0 <= args.heldout_ratio < 1:
@@ -367,6 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype="auto")
         splits = resize_model(model, splitter(base), new_pieces, len(base.pieces), len(merged.pieces))
         model.save_pretrained(tmp, safe_serialization=True)
+        match_file_modes(tmp)
         report["new_rows"] = {"rule": INIT_RULE, "model": args.model_name_or_path,
                               "splits": {p: ids for p, ids in splits.items()}}
     tok_new.save_pretrained(tmp)

@@ -44,6 +44,22 @@ def test_parallel_reader_names_file_and_line(tmp_path, bad_line, message):
         list(iter_parallel_jsonl(path))
 
 
+@pytest.mark.parametrize("bad_line, where", [
+    ('{"ko": "안녕", "en": "hi"', "at the end of the line"),  # cut short: was "at column 1" (of the next line)
+    ('{"ko": "안녕", "en": "hi', "at column 20"),  # "Unterminated string starting at": its opening quote
+    ('{"ko": "안녕" "en": "hi"}', "at column 13"),  # the second key, where the comma is missing
+    ('{"ko": "안녕", "en": "hi"} x', "at column 26"),
+    ("x", "at column 1"),
+])
+def test_malformed_json_names_the_column_of_the_mistake(tmp_path, bad_line, where):
+    for end in ("\n", "\r\n", ""):
+        path = write(tmp_path, "p.jsonl", '{"ko": "네", "en": "yes"}\n' + bad_line + end)
+        with pytest.raises(DataError, match=r"p.jsonl:2: not valid JSON \([^)]* " + where + r"\)$"):
+            list(iter_parallel_jsonl(path))
+    if where.startswith("at column"):  # the column points at the character the parser stopped at
+        assert bad_line[int(where.split()[-1]) - 1] in 'x"'
+
+
 def test_mono_reader_jsonl_and_plain(tmp_path):
     assert list(iter_mono_texts(write(tmp_path, "m.jsonl", '{"text": "가나", "lang": "ko"}\n'))) == ["가나"]
     assert list(iter_mono_texts(write(tmp_path, "m.txt", "one\n\ntwo\n"))) == ["one", "two"]

@@ -55,6 +55,10 @@ def test_a_folder_with_checkpoints_is_refused_then_started_over(tiny_model, tmp_
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     assert steps_logged(tmp_path) == [1, 2]
     assert not (tmp_path / ".lock").exists()
+    # every file of a checkpoint has one mode, the weights included (safetensors alone would write them 0600)
+    newest = tmp_path / "checkpoint-2"
+    modes = {str(p.relative_to(newest)): p.stat().st_mode & 0o777 for p in newest.rglob("*") if p.is_file()}
+    assert "model.safetensors" in modes and set(modes.values()) == {modes["config.json"]}, modes
 
 
 def test_a_live_lock_is_refused_and_a_stale_one_taken_over(tiny_model, tmp_path, reset_accelerate):

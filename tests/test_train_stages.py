@@ -233,6 +233,16 @@ def test_block_size_beyond_context_and_bad_instructions(tiny_model, tmp_path, re
         train_full.main(demo_args(tiny_model, tmp_path / "o", "--instruction_file", str(bad), "--max_steps", "1"))
 
 
+@pytest.mark.parametrize("script", [train_lm_head, train_full])
+def test_a_malformed_profile_range_fails_before_anything_loads(script, tmp_path):
+    # a folder with a config but no weights or tokenizer: loading anything would fail with another error
+    tiny_llama(100, hidden_size=32, num_layers=2).config.save_pretrained(tmp_path / "config_only")
+    with pytest.raises(ValueError, match=r"--profile_steps '20': expected FIRST-LAST"):
+        script.main(["--model_name_or_path", str(tmp_path / "config_only"), "--train_file", str(tmp_path / "none"),
+                     "--output_dir", str(tmp_path / "o"), "--profile_steps", "20"])
+    assert not (tmp_path / "o").exists()
+
+
 def test_demos_run(tmp_path, reset_accelerate):
     overrides = ["--max_steps", "20", "--eval_steps", "20", "--save_steps", "20", "--report_to", "none"]
     train_lm_head.main([train_lm_head.DEMO_CONFIG, "--output_dir", str(tmp_path / "s2"), *overrides])
