@@ -49,7 +49,8 @@ tok.save_pretrained("/tmp/m13")
 PY
 
 summarize() {  # name, script's output dir: the last logged training window and the peak memory
-  python3 - "$1" "$2" >> "$SUMMARY" <<'PY'
+  local status=0
+  python3 - "$1" "$2" >> "$SUMMARY" <<'PY' || status=1
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[2] + "/log.jsonl")]
 last = [r for r in rows if "tokens_per_s" in r][-1]
@@ -58,8 +59,10 @@ print(sys.argv[1], {k: round(v, 4) if isinstance(v, float) else v for k, v in la
 PY
   { echo "== $1"; cat "$2/log.jsonl"; } >> "$LOGS"
   for f in "$2"/profile/steps_*.txt; do  # --profile_steps: the table whole, its first lines in the summary
-    [ -e "$f" ] && cp "$f" "$OUT/profile_$1.txt" && head -3 "$f" | sed "s/^/$1 profile: /" >> "$SUMMARY"
+    [ -e "$f" ] || continue
+    cp "$f" "$OUT/profile_$1.txt" && head -3 "$f" | sed "s/^/$1 profile: /" >> "$SUMMARY"
   done
+  return $status  # the caller adds the run's log tail when the summary could not be read
 }
 
 stage1() {  # name, seconds allowed, flags
