@@ -224,3 +224,193 @@ def test_run_pooling_is_described_by_the_newest_checkpoint(tmp_path):
     result = report.main([str(run), str(tmp_path / "eval"), "--output_dir", str(out), "--no_plots"])
     assert result["runs"][0]["pooled"] == "mix 1-3 (top 3: 0.700), mean"
     assert "## mix (mix 1-3 (top 3: 0.700), mean)" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def with_ci(stats: dict, half: float = 0.05) -> dict:
+    """``stats`` with an interval ``[x - half, x + half]`` beside each number."""
+    return {**stats, **{f"{k}_ci": [v - half, v + half] for k, v in stats.items() if isinstance(v, float)}}
+
+
+def compared(delta: float, lo: float, hi: float, p: float) -> dict:
+    return {k: {"delta": delta, "ci": [lo, hi], "p_mcnemar": p, "n_discordant": 7} for k in ("acc_en", "acc_ko",
+                                                                                            "agreement")}
+
+
+@pytest.fixture
+def chained(tmp_path) -> dict:
+    """A stage-1 run (layer 1, checkpoints 200 and 400, from the base) and a stage-2 run started from its
+    checkpoint-400 (checkpoints 100 and 200), all evaluated in one call with intervals and paired comparisons:
+    stage-1 checkpoint-200 against the base excludes 0, checkpoint-400 against the base and against
+    checkpoint-200 include it; stage-2 checkpoint-200 against its start excludes 0."""
+    runs = tmp_path / "runs"
+    base_dir = tmp_path / "base"
+    base_dir.mkdir()
+    s1 = [checkpoint(runs / "s1", s, pool_layer=1, model_name_or_path=str(base_dir)) for s in (200, 400)]
+    s2 = [checkpoint(runs / "s2", s, model_name_or_path=s1[1], block_size=64) for s in (100, 200)]
+    for stage, folder in (("s1", runs / "s1"), ("s2", runs / "s2")):
+        log = ([{"step": 10, "cl_loss": 2.0}, {"step": 20, "cl_loss": 1.0}] if stage == "s1" else
+               [{"step": 0, "eval/ko_loss": 6.0, "eval/ko_perplexity": 403.4, "eval/en_loss": 6.1,
+                 "eval/en_perplexity": 445.9}, {"step": 10, "loss": 5.0},
+                {"step": 100, "eval/ko_loss": 4.0, "eval/ko_perplexity": 54.6, "eval/en_loss": 4.5,
+                 "eval/en_perplexity": 90.0}])
+        (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+
+    def model(source, role, acc_en, acc_ko, agreement, kappa, cos, compare=None):
+        r = {"source": source, "role": role, PAIR: with_ci(scores(acc_en, acc_ko, agreement, kappa)[PAIR]),
+             "representation": with_ci(rep(cos, pooled([1], trained_by=source if role == "checkpoint" else None,
+                                                          like_run=None if role == "checkpoint" else s1[0])),
+                                       0.01)}
+        return r | ({"compare": compare} if compare else {})
+
+    results = {
+        "base": model(str(base_dir), "baseline", 0.28, 0.25, 0.40, 0.1, 0.5),
+        "s1/checkpoint-200": model(s1[0], "checkpoint", 0.30, 0.26, 0.35, 0.2, 0.93,
+                                   {"base": {PAIR: compared(-0.05, -0.09, -0.01, 0.012)}}),
+        "s1/checkpoint-400": model(s1[1], "checkpoint", 0.29, 0.27, 0.34, 0.2, 0.92,
+                                   {"base": {PAIR: compared(-0.06, -0.12, 0.003, 0.08)},
+                                    "s1/checkpoint-200": {PAIR: compared(-0.01, -0.04, 0.02, 0.7)}}),
+        "s2/checkpoint-100": model(s2[0], "checkpoint", 0.31, 0.30, 0.36, 0.3, 0.90,
+                                   {"base": {PAIR: compared(-0.04, -0.1, 0.02, 0.2)}}),
+        "s2/checkpoint-200": model(s2[1], "checkpoint", 0.32, 0.31, 0.44, 0.3, 0.91,
+                                   {"base": {PAIR: compared(0.04, -0.02, 0.1, 0.3)},
+                                    "s2/checkpoint-100": {PAIR: compared(0.08, 0.02, 0.14, 0.01)}}),
+    }
+    write_json(tmp_path / "eval" / "results.json", results)
+    return {"tmp": tmp_path, "runs": runs, "eval": tmp_path / "eval", "s1": s1, "s2": s2, "results": results}
+
+
+def test_intervals_and_comparisons_in_the_table(chained):
+    out = chained["tmp"] / "report"
+    result = report.main([str(chained["runs"]), str(chained["eval"]), "--output_dir", str(out), "--no_plots"])
+    md = (out / "report.md").read_text(encoding="utf-8")
+    # every number with its interval; the base row is the run's start: no comparison cells
+    assert ("| base: base | 0 | 0.2800 [0.230, 0.330] | 0.2500 [0.200, 0.300] | 0.4000 [0.350, 0.450] | "
+            "0.1000 [0.050, 0.150] | 0.5000 [0.490, 0.510] | 0.4000 [0.390, 0.410] |") in md
+    # checkpoint-200 against the base: interval excludes 0, marked; no previous checkpoint
+    assert ("| checkpoint-200 | 200 | 0.3000 [0.250, 0.350] | 0.2600 [0.210, 0.310] | 0.3500 [0.300, 0.400] | "
+            "0.2000 [0.150, 0.250] | 0.9300 [0.920, 0.940] | 0.8300 [0.820, 0.840] | 0.4650 [0.455, 0.475] | "
+            "0.3100 [0.300, 0.320] | -0.0500 [-0.090, -0.010] p=0.012 * | - |") in md
+    # checkpoint-400: both intervals include 0 (one only just), neither marked
+    assert "| -0.0600 [-0.120, +0.003] p=0.08 | -0.0100 [-0.040, +0.020] p=0.7 |" in md
+    assert "| checkpoint-200 | start: base | -0.0500 [-0.090, -0.010] p=0.012 * | " in md  # acc_en, acc_ko too
+    assert "* = the interval excludes 0" in md and "[lo, hi]: 95% bootstrap interval" in md
+    row = rows_of(result, "s1")[1]
+    assert row["acc_en_ci"] == [0.25, 0.35] and row["parallel_cos_ci"] == pytest.approx([0.92, 0.94])
+    assert row["compare"]["start"]["against"] == "base" and row["compare"]["previous"] is None
+    assert row["compare"]["start"]["agreement"] == {**compared(-0.05, -0.09, -0.01, 0.012)["agreement"],
+                                                    "marked": True}
+    assert rows_of(result, "s1")[2]["compare"]["start"]["agreement"]["marked"] is False
+    saved = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert saved["runs"][0]["rows"] == json.loads(json.dumps(rows_of(result, "s1")))
+
+
+def test_a_stage_2_run_is_titled_and_compared_by_its_start(chained):
+    out = chained["tmp"] / "report"
+    result = report.main([str(chained["runs"]), str(chained["eval"]), "--output_dir", str(out), "--no_plots"])
+    s2 = next(r for r in result["runs"] if r["run"] == "s2")
+    assert s2["stage"] == 2 and s2["start"] == chained["s1"][1]
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "## s2 (stage 2 (LM head) from s1/checkpoint-400; cos pooled as its stage-1 ancestor: layer 1, mean)" in md
+    assert "## s1 (layer 1, mean)" in md
+    rows = rows_of(result, "s2")
+    assert [(r["model"], r["step"], r["start"]) for r in rows] == [
+        ("start: s1/checkpoint-400", 0, True), ("base: base", 0, False), ("checkpoint-100", 100, False),
+        ("checkpoint-200", 200, False)]
+    assert (rows[0]["agreement"], rows[0]["acc_en"]) == (0.34, 0.29)  # the start's own scores
+    # the start and the checkpoints were in one eval call but with no "compare" between them (the start was not
+    # a baseline of that call): the report computes it from the item files, absent here, so "-"; the previous
+    # checkpoint's comparison is the results' own
+    assert rows[2]["compare"] == {"start": None, "previous": None}
+    assert rows[3]["compare"]["previous"]["against"] == "s2/checkpoint-100"
+    assert "| checkpoint-200 | 200 |" in md and "| - | +0.0800 [+0.020, +0.140] p=0.01 * |" in md
+
+
+def test_a_stage_2_comparison_with_its_start_from_the_item_files(chained, tmp_path):
+    """The start evaluated in another eval call: the report's comparison from the two calls' item files equals
+    what eval_agreement computes when both models are in one call (same seed, same resamples)."""
+    import numpy as np
+
+    from evaluation import compare
+
+    rng = np.random.default_rng(0)
+
+    gold = rng.integers(0, 4, 40)
+
+    def items():
+        return [{"id": i, "gold": int(g), "pred_en": int(a), "pred_ko": int(b), "pred_norm_en": 0, "pred_norm_ko": 0}
+                for i, (g, (a, b)) in enumerate(zip(gold, rng.integers(0, 4, (40, 2))))]
+
+    start, ckpt = items(), items()
+    results = chained["results"]
+    first = {"s1/checkpoint-400": results["s1/checkpoint-400"]}
+    second = {"s2/checkpoint-200": {k: v for k, v in results["s2/checkpoint-200"].items() if k != "compare"}}
+    for folder, res, label, rows in (("e1", first, "s1/checkpoint-400", start),
+                                     ("e2", second, "s2/checkpoint-200", ckpt)):
+        write_json(tmp_path / folder / "results.json", res)
+        write_json(tmp_path / folder / "eval_args.json", {"bootstrap_iters": 300, "seed": 7, "ci_level": 0.95})
+        (tmp_path / folder / label).mkdir(parents=True)
+        (tmp_path / folder / label / f"{PAIR}.items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = report.main([str(chained["runs"]), str(tmp_path / "e1"), str(tmp_path / "e2"),
+                          "--output_dir", str(tmp_path / "r"), "--no_plots"])
+    got = rows_of(result, "s2")[-1]["compare"]["start"]
+    # the reference: eval_agreement's add_comparisons with both models in one call, the start as its baseline
+    one = tmp_path / "one"
+    for label, rows in (("start", start), ("ckpt", ckpt)):
+        (one / label).mkdir(parents=True)
+        (one / label / f"{PAIR}.items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ref = {"start": {"role": "baseline", PAIR: {}}, "ckpt": {"role": "checkpoint", PAIR: {}}}
+    compare.add_comparisons(ref, [{"name": PAIR}], one, {PAIR: compare.pair_counts(40, 300, 7)})
+    want = ref["ckpt"]["compare"]["start"][PAIR]
+    assert got["against"] == "s1/checkpoint-400"
+    for k in ("acc_en", "acc_ko", "agreement"):
+        assert {key: got[k][key] for key in want[k]} == want[k] and want[k]["ci"][0] < want[k]["ci"][1]
+
+
+def test_no_eval_results_names_the_reason(chained, tmp_path):
+    out = tmp_path / "r"
+    result = report.main([str(chained["runs"]), "--output_dir", str(out), "--no_plots"])
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "No eval results among the inputs (no results.json)" in md and "--skip_tasks" not in md
+    assert all(not run["rows"] for run in result["runs"])
+    # eval results with no task scores: then --skip_tasks is the reason
+    skipped = {m: {k: v for k, v in r.items() if k not in (PAIR, "compare")} for m, r in chained["results"].items()}
+    write_json(tmp_path / "skip" / "results.json", skipped)
+    report.main([str(chained["runs"]), str(tmp_path / "skip"), "--output_dir", str(out), "--no_plots"])
+    assert "No task scores in the eval results (--skip_tasks)" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_perplexity_panels_and_scores_panels_per_stage(chained, monkeypatch):
+    """Stage 2's perplexities get their panels (log scale) beside stage 1's losses; each run its own row of score
+    panels (its own step axis) with the start as a reference line; no layer_weights.png without a mixture run."""
+    import matplotlib.figure
+
+    drawn, real = {}, matplotlib.figure.Figure.savefig
+
+    def spy(fig, path, *a, **kw):
+        drawn[Path(path).name] = [ax for ax in fig.axes if ax.get_visible()]
+        return real(fig, path, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    out = chained["tmp"] / "report"
+    result = report.main([str(chained["runs"]), str(chained["eval"]), "--output_dir", str(out)])
+    assert result["plots"] == ["agreement_vs_step.png", "training_curves.png"]
+    scores_axes = drawn["agreement_vs_step.png"]
+    assert [ax.get_title().split("\n")[0] for ax in scores_axes] == [
+        f"{run}: {key}" for run in ("s1", "s2") for key in ("acc_en", "acc_ko", "agreement")]
+    agreement2 = scores_axes[5]
+    assert agreement2.get_title().split("\n")[1] == "stage 2 (LM head) from s1/checkpoint-400"
+    assert agreement2.get_xlabel() == "training step (stage 2)" and list(agreement2.get_xticks()) == [100, 200]
+    assert agreement2.get_ylabel() == "agreement (95% interval)"
+    legend = agreement2.get_legend().get_texts()
+    assert [t.get_text() for t in legend] == ["s2 checkpoints", "start: s1/checkpoint-400", "base: base"]
+    assert min(t.get_fontsize() for t in legend) >= 8
+    start_line = next(line for line in agreement2.get_lines() if line.get_label() == "start: s1/checkpoint-400")
+    assert list(start_line.get_ydata()) == [0.34, 0.34]  # the start's agreement, across the panel
+    titles = {ax.get_title(): ax for ax in drawn["training_curves.png"]}
+    assert {"contrastive loss", "training loss (stages 2, 3)", "validation perplexity, Korean",
+            "validation perplexity, English"} <= set(titles)
+    ko = titles["validation perplexity, Korean"]
+    assert ko.get_yscale() == "log" and [t.get_text() for t in ko.get_legend().get_texts()] == ["s2"]
+    assert list(ko.get_lines()[0].get_ydata()) == [403.4, 54.6]
+    for name in result["plots"]:
+        assert (out / name).read_bytes()[:8] == PNG
