@@ -36,6 +36,8 @@ Writes to --output_dir:
   validation perplexity (log scale). Each panel only when some run logged its key.
 - ``layer_weights.png``: per layer-mixture run (--mix_layers), each layer's weight against the step; not written
   when no run mixes layers (a single-layer run has no weights to draw).
+- ``layer_alignment.png``: per layer, raw cosine, gap, debiased CKA and the language probe of the base models and
+  of each run's newest evaluated checkpoint, one figure (eval results from this version on).
 A series with a single point is drawn as a marker (with its error bar), never as a line.
 """
 
@@ -50,7 +52,16 @@ from common.args import parse_arguments
 from common.cli import run_main
 from evaluation import STEP_RE
 from evaluation.compare import COMPARED, compare_rows, pair_counts, read_items
-from evaluation.render import SCORE_STYLE, baseline_band, excludes_zero, fmt_ci, fmt_delta, json_safe, with_band
+from evaluation.render import (
+    SCORE_STYLE,
+    baseline_band,
+    excludes_zero,
+    fmt_ci,
+    fmt_delta,
+    json_safe,
+    plot_layers,
+    with_band,
+)
 from evaluation.representation import describe_pooling, pooling_key, stage_of, trained_pooling
 
 logger = logging.getLogger("report")
@@ -347,6 +358,13 @@ def build(runs: list[Path], results: dict[str, dict], pair: str | None) -> dict:
                             "short_title": short or title, "pooled": describe_pooling(spec) if spec else None,
                             "rows": table, "log": read_log(folder)})
     out["runs"].sort(key=lambda run: run["stage"] or 1)  # stage 1 runs, then 2, then 3: the order they chain in
+    # per-layer alignment of the base models and of each run's newest evaluated checkpoint (layer_alignment.png)
+    out["layer_curves"] = {f"base: {r['label']}": r["layers"] for r in baselines if r.get("layers")}
+    for run in out["runs"]:
+        newest = next((r["result"] for r in reversed(sorted(per_run[Path(run["folder"])], key=lambda x: x["step"]))
+                       if r["result"].get("layers")), None)
+        if newest is not None:
+            out["layer_curves"][f"{run['run']}/{Path(newest['source']).name}"] = newest["layers"]
     return out
 
 
@@ -546,6 +564,22 @@ def plot_layer_weights(plt, path: Path, report: dict) -> bool:
     return True
 
 
+LAYER_MEASURES = [("parallel_cos", "parallel cosine (raw)"), ("gap", "parallel - random cosine"),
+                  ("cka_debiased", "CKA, debiased (1 = same geometry)"),
+                  ("language_probe", "language probe accuracy (0.5 = agnostic)")]
+
+
+def plot_layer_alignment(plt, path: Path, report: dict) -> bool:
+    """One figure: per layer, raw cosine, gap, debiased CKA and the language probe of the base models and of each
+    run's newest evaluated checkpoint (both languages through the model; bands where intervals exist). CKA and the
+    probe read the same whether or not the two languages' spaces differ, which raw cosine does not."""
+    curves = report.get("layer_curves") or {}
+    if not curves or not any("cka_debiased" in m for layers in curves.values() for m in layers):
+        return False
+    plot_layers(plt, path, curves, panels=LAYER_MEASURES)
+    return True
+
+
 def write_plots(out_dir: Path, report: dict) -> list[str]:
     try:
         import matplotlib
@@ -557,7 +591,7 @@ def write_plots(out_dir: Path, report: dict) -> list[str]:
         return []
     written = []
     for name, plot in (("agreement_vs_step.png", plot_scores), ("training_curves.png", plot_curves),
-                       ("layer_weights.png", plot_layer_weights)):
+                       ("layer_weights.png", plot_layer_weights), ("layer_alignment.png", plot_layer_alignment)):
         if plot(plt, out_dir / name, report):
             written.append(name)
         elif name == "layer_weights.png":

@@ -414,3 +414,26 @@ def test_perplexity_panels_and_scores_panels_per_stage(chained, monkeypatch):
     assert list(ko.get_lines()[0].get_ydata()) == [403.4, 54.6]
     for name in result["plots"]:
         assert (out / name).read_bytes()[:8] == PNG
+
+
+def test_layer_alignment_figure_base_against_each_runs_newest_checkpoint(tmp_path):
+    """layer_alignment.png: per layer, cosine, gap, debiased CKA and the probe of the base and of each run's
+    newest evaluated checkpoint (not an older one), one figure."""
+    run = tmp_path / "runs" / "run1"
+    old, new = (checkpoint(run, s, pool_layer=1) for s in (200, 400))
+
+    def with_measures(n: int, cos: float, cka: float) -> list[dict]:
+        return [{**m, "cka_debiased": cka + m["layer"] / 10, "language_probe": 0.9} for m in layers(n, cos)]
+
+    results = {"base": {"source": "/models/base", "role": "baseline", **scores(0.3, 0.3, 0.4, 0.1),
+                        "layers": with_measures(3, 0.5, 0.1)},
+               "run1/checkpoint-200": {"source": old, "role": "checkpoint", **scores(0.3, 0.3, 0.4, 0.1),
+                                       "layers": with_measures(3, 0.6, 0.2)},
+               "run1/checkpoint-400": {"source": new, "role": "checkpoint", **scores(0.3, 0.3, 0.4, 0.1),
+                                       "layers": with_measures(3, 0.7, 0.3)}}
+    write_json(tmp_path / "eval" / "results.json", results)
+    out = tmp_path / "report"
+    result = report.main([str(run), str(tmp_path / "eval"), "--output_dir", str(out)])
+    assert list(result["layer_curves"]) == ["base: base", "run1/checkpoint-400"]
+    assert [m["cka_debiased"] for m in result["layer_curves"]["run1/checkpoint-400"]] == pytest.approx([0.3, 0.4, 0.5])
+    assert "layer_alignment.png" in result["plots"] and (out / "layer_alignment.png").read_bytes()[:8] == PNG
