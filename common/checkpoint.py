@@ -257,6 +257,31 @@ def folder_writer(accelerator) -> bool:
     return accelerator.is_main_process
 
 
+def nodes_have_own_folders(views: dict[int, list[int]], output_dir: str, save_on_each_node: bool,
+                           deepspeed: bool = False) -> bool:
+    """Whether every node has an output folder of its own, from the probe of ``prepare_output_dir``:
+    ``views`` maps each node's first process to the first processes whose probe files it saw in its
+    ``output_dir``. All of them everywhere: one shared folder (False); only its own everywhere: node-local
+    folders (True). Anything else, ``save_on_each_node`` on a shared folder, and node-local folders under
+    DeepSpeed are refused (ValueError)."""
+    firsts = sorted(views)
+    if all(seen == firsts for seen in views.values()):
+        if save_on_each_node:
+            raise ValueError(f"--save_on_each_node: {output_dir} is one folder shared by all {len(firsts)} nodes "
+                             f"(each saw the others' files there), so the nodes would write the same files: drop "
+                             f"the flag; the run's first process writes the shared folder")
+        return False
+    if all(seen == [index] for index, seen in views.items()):
+        if deepspeed:
+            raise ValueError(f"--output_dir {output_dir} is not shared by the nodes: node-local checkpoint folders "
+                             "work with DDP; a DeepSpeed ZeRO checkpoint needs every process's optimizer partition "
+                             "in one folder, so give every node the same --output_dir on a shared filesystem")
+        return True
+    raise ValueError(f"--output_dir {output_dir}: some nodes share it and others do not (the first process of each "
+                     f"node saw these nodes' files: {views}); give every node the same folder on a shared "
+                     f"filesystem, or every node a folder of its own")
+
+
 def prepare_output_dir(accelerator, output_dir: str, save_on_each_node: bool = False) -> bool:
     """Create ``output_dir`` and find out whether the nodes share it; every process calls it. Returns True
     (and sets accelerate's ``ProjectConfiguration.save_on_each_node``) when every node has a folder of its
@@ -287,26 +312,11 @@ def prepare_output_dir(accelerator, output_dir: str, save_on_each_node: bool = F
     if accelerator.is_local_main_process:
         mine.unlink(missing_ok=True)
     views = {index: seen for index, seen in gathered if seen is not None}
-    firsts = sorted(views)
-    if all(seen == firsts for seen in views.values()):
-        node_local = False
-    elif all(seen == [index] for index, seen in views.items()):
-        node_local = True
-    else:
-        raise ValueError(f"--output_dir {output_dir}: some nodes share it and others do not (the first process "
-                         f"of each node saw these nodes' files: {views}); give every node the same folder on a "
-                         f"shared filesystem, or every node a folder of its own")
-    if save_on_each_node and not node_local:
-        raise ValueError(f"--save_on_each_node: {output_dir} is one folder shared by all {len(firsts)} nodes (each "
-                         f"saw the others' files there), so the nodes would write the same files: drop the flag, "
-                         f"the run's first process writes the shared folder")
+    node_local = nodes_have_own_folders(views, output_dir, save_on_each_node,
+                                        deepspeed=accelerator.state.deepspeed_plugin is not None)
     if node_local:
-        if accelerator.state.deepspeed_plugin is not None:
-            raise ValueError(f"--output_dir {output_dir} is not shared by the nodes: node-local checkpoint folders "
-                             "work with DDP; a DeepSpeed ZeRO checkpoint needs every process's optimizer partition "
-                             "in one folder, so give every node the same --output_dir on a shared filesystem")
         logger.info("%s is a folder of each node's own (%d nodes): every node writes complete checkpoints there",
-                    output_dir, len(firsts))
+                    output_dir, len(views))
     accelerator.project_configuration.save_on_each_node = node_local
     return node_local
 
