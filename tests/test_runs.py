@@ -298,7 +298,7 @@ def test_ddp_timeout_reaches_the_process_group(script, tiny_model, tmp_path, mon
     assert [k.timeout for k in process_group_kwargs(7)] == [timedelta(seconds=7)]
     seen = []
 
-    def record(timeout_s):
+    def record(timeout_s=None):
         seen.append(timeout_s)
         raise KeyboardInterrupt  # stop before the process group starts
 
