@@ -1,7 +1,8 @@
 """Several nodes, on one host: two launchers as two machines (``--num_machines 2``, one process each, gloo over
 127.0.0.1) against one process on the same global batch, with one output folder shared by the nodes and with
-a folder per node (node-local disks); and a node whose worker is killed mid-save, restarted by the launcher
-(``--max_restarts``) with the same command, against an uninterrupted run.
+a folder per node (node-local disks); and a node whose worker is killed mid-save, restarted by the SLURM
+jobs' per-node launcher (configs/slurm/launch_node.sh: c10d rendezvous, ``--max_restarts``) with the same
+command, against an uninterrupted run.
 
 These start real launchers (about 20 s each on 2 cores): ``pytest -m "not multinode"`` leaves them out.
 """
@@ -37,21 +38,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_two_nodes(script: str, args: list[str], outs: list[Path], logs: Path, *launcher: str,
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+
+
+def launch_two_nodes(script: str, args: list[str], outs: list[Path], logs: Path, slurm: bool = False,
                      env: dict | None = None, timeout: int = 300) -> list[subprocess.CompletedProcess]:
-    """One ``accelerate launch`` per machine rank, started together, each with its own --output_dir;
-    both are waited for (and killed with their workers if they outlive ``timeout``)."""
+    """One launcher per machine rank, started together, each with its own --output_dir; both are waited
+    for (and killed with their workers if they outlive ``timeout``). The launcher is ``accelerate launch
+    --num_machines 2`` (static rendezvous), or with ``slurm`` the per-node script of the SLURM jobs,
+    configs/slurm/launch_node.sh (c10d rendezvous, one restart), given what srun would set on each node."""
     port = free_port()  # only machine rank 0 checks that its port is free: every launch gets its own
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     procs = []
     for rank, out in enumerate(outs):
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
-               "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-               "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no", *launcher,
-               "-m", "tests.node_worker", script, *args, "--output_dir", str(out)]
+        trainer = ["-m", "tests.node_worker", script, *args, "--output_dir", str(out)]
+        if slurm:
+            cmd = ["bash", "configs/slurm/launch_node.sh", *trainer]
+            node_env = {**env, "SLURM_NNODES": "2", "SLURM_NODEID": str(rank), "MAIN_HOST": "127.0.0.1",
+                        "PORT": str(port), "GPUS_PER_NODE": "1", "MAX_RESTARTS": "1", "PYTHON": sys.executable}
+        else:
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+                   "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                   "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no", *trainer]
+            node_env = env
         log = open(logs / f"node{rank}.log", "w")
-        procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        procs.append((subprocess.Popen(cmd, cwd=ROOT, env=node_env, stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True), log))
+        if slurm and rank == 0:
+            # On one host every node's launcher matches the rendezvous address and would host the c10d store;
+            # machine rank 0 must take the port first (it checks that the port is free), the other then joins.
+            wait_for_port(port, procs[0][0])
     deadline = time.monotonic() + timeout
     results = []
     for proc, log in procs:
@@ -59,7 +81,10 @@ def launch_two_nodes(script: str, args: list[str], outs: list[Path], logs: Path,
             proc.wait(timeout=max(1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             for p, _ in procs:
-                os.killpg(p.pid, signal.SIGKILL)
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             proc.wait()
         log.close()
         results.append(subprocess.CompletedProcess(proc.args, proc.returncode,
@@ -198,17 +223,18 @@ def test_stage3_on_two_nodes_matches_one_process(stage3_reference, text_model, t
 
 def test_a_killed_node_restarts_by_itself_and_ends_like_an_uninterrupted_run(stage3_reference, text_model,
                                                                               tmp_path):
-    """Node 1's worker dies by SIGKILL inside the save of step 4 (tests/node_worker.py); the launchers,
-    allowed one restart, start both workers again with the same command, which resumes checkpoint-2 (the
-    newest complete on both nodes) and ends equal to the uninterrupted one-process run."""
+    """Node 1's worker dies by SIGKILL inside the save of step 4 (tests/node_worker.py). The SLURM jobs'
+    per-node launchers (c10d rendezvous, one restart allowed) start both workers again with the same command,
+    which resumes checkpoint-2 (the newest complete on both nodes) and ends equal to the uninterrupted
+    one-process run, each node's folder complete."""
     outs = [tmp_path / "node0", tmp_path / "node1"]
     marker = tmp_path / "killed"
-    nodes = launch_two_nodes("train_full.py", stage3_args(text_model, 2), outs, tmp_path,
-                             "--max_restarts", "1", "--monitor_interval", "0.5",
+    nodes = launch_two_nodes("train_full.py", stage3_args(text_model, 2), outs, tmp_path, slurm=True,
                              env={"KOEN_TEST_KILL": f"4:{marker}"})
     assert marker.exists(), "the worker was never killed"
     assert [n.returncode for n in nodes] == [0, 0], nodes[0].stdout[-3000:] + nodes[1].stdout[-3000:]
-    assert "resumed from" in nodes[0].stdout and "checkpoint-2 at step 2" in nodes[0].stdout
+    restarted = [n for n in nodes if "resumed from" in n.stdout]
+    assert len(restarted) == 1 and "checkpoint-2 at step 2" in restarted[0].stdout  # logged by the first process
     check_node_folders(outs, [2, 4, 6], node_local=True)
     losses, weights = compare("stage 3, killed and restarted", stage3_reference, outs[0], ["loss", "eval/ko_loss"])
     assert losses < TOL and weights < TOL
