@@ -496,7 +496,9 @@ def save_checkpoint(accelerator, model, tokenizer, output_dir: str, step: int, t
     are written beside it (name -> text). Only the newest ``save_state_limit`` checkpoints keep their
     resume state (0: all); only the newest ``save_total_limit`` checkpoints are kept at all. Under
     DeepSpeed, the frozen parameters are exported from ``frozen_source`` (the starting checkpoint), exactly
-    (``restore_frozen``).
+    (``restore_frozen``). With node-local folders (``prepare_output_dir``) each node's first process writes
+    its folder the same way: the export (DDP: every process holds the whole state dict), the optimizer and
+    scheduler (accelerate's ``save_on_each_node``) and its node's processes' RNG states.
     """
     final = Path(output_dir) / f"checkpoint-{step}"
     tmp = final.with_name(final.name + ".tmp")

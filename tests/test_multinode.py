@@ -48,13 +48,19 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> No
 
 
 def launch_two_nodes(script: str, args: list[str], outs: list[Path], logs: Path, slurm: bool = False,
-                     env: dict | None = None, timeout: int = 300) -> list[subprocess.CompletedProcess]:
+                     env: dict | None = None, timeout: int = 300,
+                     launcher: tuple[str, ...] = ("--multi_gpu", "--mixed_precision", "no")) \
+        -> list[subprocess.CompletedProcess]:
     """One launcher per machine rank, started together, each with its own --output_dir; both are waited
     for (and killed with their workers if they outlive ``timeout``). The launcher is ``accelerate launch
     --num_machines 2`` (static rendezvous), or with ``slurm`` the per-node script of the SLURM jobs,
-    configs/slurm/launch_node.sh (c10d rendezvous, one restart), given what srun would set on each node."""
+    configs/slurm/launch_node.sh (c10d rendezvous, one restart), given what srun would set on each node.
+    ``launcher``: the distributed flags (DDP on CPU by default, or DeepSpeed's)."""
     port = free_port()  # only machine rank 0 checks that its port is free: every launch gets its own
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    cpu = {"ACCELERATE_USE_CPU": "1"} if "--multi_gpu" in launcher else {}  # DeepSpeed on CPU takes gloo itself
+    env = {**os.environ, **cpu, "OMP_NUM_THREADS": "1",
+           # the DeepSpeed op compiled at first use is cached here, once per checkout (as tests/test_deepspeed.py)
+           "TORCH_EXTENSIONS_DIR": str(ROOT / ".cache" / "torch_extensions"), **(env or {})}
     procs = []
     for rank, out in enumerate(outs):
         trainer = ["-m", "tests.node_worker", script, *args, "--output_dir", str(out)]
@@ -63,9 +69,9 @@ def launch_two_nodes(script: str, args: list[str], outs: list[Path], logs: Path,
             node_env = {**env, "SLURM_NNODES": "2", "SLURM_NODEID": str(rank), "MAIN_HOST": "127.0.0.1",
                         "PORT": str(port), "GPUS_PER_NODE": "1", "MAX_RESTARTS": "1", "PYTHON": sys.executable}
         else:
-            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_machines", "2",
                    "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-                   "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no", *trainer]
+                   "--main_process_port", str(port), "--dynamo_backend", "no", *trainer]
             node_env = env
         log = open(logs / f"node{rank}.log", "w")
         procs.append((subprocess.Popen(cmd, cwd=ROOT, env=node_env, stdout=log, stderr=subprocess.STDOUT,
@@ -218,6 +224,19 @@ def test_stage3_on_two_nodes_matches_one_process(stage3_reference, text_model, t
     assert [n.returncode for n in nodes] == [0, 0], nodes[0].stdout[-3000:] + nodes[1].stdout[-3000:]
     check_node_folders(outs, [2, 4, 6], node_local=folders == "node_local")
     losses, weights = compare(f"stage 3, {folders}", stage3_reference, outs[0], ["loss", "eval/ko_loss"])
+    assert losses < TOL and weights < TOL
+
+
+def test_stage3_on_two_nodes_under_zero2_matches_one_process(stage3_reference, text_model, tmp_path):
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "out"
+    zero2 = ("--use_deepspeed", "--deepspeed_config_file", str(ROOT / "ds_configs" / "zero2.json"),
+             "--zero3_init_flag", "false", "--deepspeed_multinode_launcher", "standard")
+    nodes = launch_two_nodes("train_full.py", stage3_args(text_model, 2), [out, out], tmp_path, launcher=zero2)
+    assert [n.returncode for n in nodes] == [0, 0], nodes[0].stdout[-3000:] + nodes[1].stdout[-3000:]
+    assert (out / "checkpoint-6" / "accelerate_state" / "pytorch_model").is_dir()  # the engine's own checkpoint
+    check_node_folders([out, out], [2, 4, 6], node_local=False)
+    losses, weights = compare("stage 3, ZeRO-2, shared", stage3_reference, out, ["loss", "eval/ko_loss"])
     assert losses < TOL and weights < TOL
 
 
