@@ -43,10 +43,12 @@ from transformers import AutoConfig, AutoTokenizer, get_scheduler
 
 from common.args import DISTRIBUTED_NOTE, SCHEDULERS, TRACKERS, parse_arguments
 from common.checkpoint import (
+    agree_on_resume,
     check_resume,
     claim_output_dir,
     load_resume_state,
     output_dir_refusal,
+    prepare_output_dir,
     register_weights_in_export,
     save_checkpoint,
 )
@@ -300,7 +302,10 @@ class Arguments:
         "Keep only the newest N checkpoints."
     )})
     resume_from_checkpoint: str | None = field(default=None, metadata={"group": "logging and saving", "help": (
-        "'latest' (newest checkpoint in --output_dir) or a checkpoint folder to continue from, exactly."
+        "'latest' or a checkpoint folder to continue from, exactly. 'latest' resumes the newest checkpoint that "
+        "every process can resume from (with node-local folders, the newest complete on every node) and starts "
+        "the run afresh where there is no checkpoint yet, so one command serves the first start and every "
+        "restart (an elastic launcher's --max_restarts)."
     )})
     overwrite_output_dir: bool = field(default=False, metadata={"group": "logging and saving", "help": (
         "Start over in an --output_dir that holds checkpoints of an earlier run: its checkpoints and logs are"
@@ -311,6 +316,15 @@ class Arguments:
         "Only the newest N checkpoints keep their resume state (optimizer, scheduler, RNG); 0 keeps it in "
         "all. Every checkpoint keeps its model export, in the dtype of the trained weights: fp32 under --bf16"
         " autocast (fp32 master weights), bf16 under a DeepSpeed bf16 config."
+    )})
+    save_on_each_node: bool = field(default=False, metadata={"group": "distributed", "help": (
+        "Several nodes, each with an --output_dir of its own (node-local disks): every node writes complete "
+        "checkpoints to its folder, its own processes' resume state included. Found without the flag too (the "
+        "nodes look for each other's files at start); the flag refuses a folder the nodes share."
+    )})
+    ddp_timeout: int = field(default=1800, metadata={"group": "distributed", "help": (
+        "Seconds a process waits for the others in a collective (and at start) before the run fails: a node "
+        "that hangs ends the run after this long instead of holding the others. A node that dies ends it at once."
     )})
     report_to: str = field(default="tensorboard", metadata={"group": "logging and saving", "help": (
         "accelerate tracker: 'tensorboard', 'wandb', ..., or 'none'."
@@ -709,14 +723,13 @@ def main(argv: list[str] | None = None):
         mixed_precision="bf16" if args.bf16 else None,
         log_with=None if args.report_to == "none" else args.report_to,
         project_dir=args.output_dir,
-        kwargs_handlers=[*process_group_kwargs(), ddp_kwargs(args.lm_weight, args.cl_weight)],
+        kwargs_handlers=[*process_group_kwargs(args.ddp_timeout), ddp_kwargs(args.lm_weight, args.cl_weight)],
     )
     # [shared: setup]
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         level=logging.INFO if accelerator.is_main_process else logging.WARNING)
     set_seed(args.seed)
-    if accelerator.is_main_process:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(accelerator, args.output_dir, args.save_on_each_node)  # one folder, or one per node
     # [/shared]
 
     # Tokenizer and model
@@ -812,12 +825,16 @@ def main(argv: list[str] | None = None):
     # [shared: resume]
     # Resume: weights, optimizer, scheduler and RNG from the checkpoint; the data position from the
     # step alone, because the batch plan depends only on (seed, epoch). Then the folder is this run's.
+    # Under 'latest' the processes agree on the newest checkpoint they all hold; none anywhere is a fresh
+    # start, which clears what a first attempt left (a .tmp folder, log records).
     start_step = 0
+    resume_from = agree_on_resume(accelerator, resume_from, args.resume_from_checkpoint, args.output_dir, asdict(args))
     if resume_from is not None:
         ckpt, start_step = resume_from
         load_resume_state(accelerator, ckpt)
         logger.info("resumed from %s at step %d", ckpt, start_step)
-    lock = claim_output_dir(accelerator, args.output_dir, args.overwrite_output_dir,
+    lock = claim_output_dir(accelerator, args.output_dir,
+                            args.overwrite_output_dir or args.resume_from_checkpoint == "latest",
                             start_step if resume_from is not None else None)
     # [/shared]
 

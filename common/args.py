@@ -38,7 +38,7 @@ CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
 # Sections of --help in this order; fields of a group not listed here come after them, ungrouped ones first.
 GROUP_ORDER = ("data", "model", "model and pooling", "objective", "optimisation", "speed", "logging and saving",
                "distributed")
-# The trainers' "distributed" section: nothing to set there, the launcher decides.
+# The trainers' "distributed" section: the launcher decides the processes; the flags there are for several nodes.
 DISTRIBUTED_NOTE = (
     "Processes, GPUs, nodes and DeepSpeed ZeRO come from the launcher, not from flags: `accelerate launch "
     "--config_file ds_configs/accelerate_1node_8gpu_ddp.yaml SCRIPT ...` (see ds_configs/ and the README's "

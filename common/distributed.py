@@ -2,6 +2,7 @@
 
 import os
 from contextlib import contextmanager, nullcontext
+from datetime import timedelta
 
 import torch
 from accelerate.utils import InitProcessGroupKwargs
@@ -13,10 +14,15 @@ if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
     os.environ["DS_ACCELERATOR"] = "cpu"
 
 
-def process_group_kwargs() -> list[InitProcessGroupKwargs]:
+def process_group_kwargs(timeout_s: int | None = None) -> list[InitProcessGroupKwargs]:
     """Accelerator kwargs handlers for the process group: NCCL on GPUs, gloo on CPUs, none for a
     single process. Without gloo, DeepSpeed on CPU sees one process per rank and fails a batch-size
-    check (see ../shared/TOOLCHAIN.md)."""
+    check (see ../shared/TOOLCHAIN.md).
+
+    ``timeout_s`` (``--ddp_timeout``) bounds how long a process waits in a collective (and for the others
+    at start): a node that hangs instead of dying then ends the run with an error after that long, rather
+    than holding every other node forever. A node that dies closes its connections, and the others fail
+    at once."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return []
     if not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true" \
@@ -24,7 +30,8 @@ def process_group_kwargs() -> list[InitProcessGroupKwargs]:
         # accelerate then runs each rank as if it were alone, silently (wrong negatives and gradients)
         raise RuntimeError("several processes on CPU: launch with ACCELERATE_USE_CPU=1 "
                            "(accelerate launch --multi_gpu --num_processes N ...)")
-    return [InitProcessGroupKwargs(backend="nccl" if torch.cuda.is_available() else "gloo")]
+    timeout = None if timeout_s is None else timedelta(seconds=timeout_s)
+    return [InitProcessGroupKwargs(backend="nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)]
 
 
 def configure_deepspeed(accelerator, micro_batch_size: int, max_grad_norm: float) -> None:

@@ -10,15 +10,27 @@ import shutil
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 import train_contrastive as tc
+import train_full
 import train_lm_head
-from common.checkpoint import RunLock, find_checkpoint, resume_argument_changes, sorted_checkpoints
+from common.checkpoint import (
+    RunLock,
+    common_resume_step,
+    find_checkpoint,
+    missing_resume_files,
+    nodes_have_own_folders,
+    output_dir_refusal,
+    resume_argument_changes,
+    sorted_checkpoints,
+)
 from common.data import iter_parallel_jsonl
 from common.demo import tiny_llama, train_demo_tokenizer
+from common.distributed import process_group_kwargs
 
 pytestmark = pytest.mark.usefixtures("reset_accelerate")
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,3 +217,97 @@ def test_a_loss_that_goes_nan_stops_the_run_before_it_is_saved(tiny_model, tmp_p
         run(tiny_model, tmp_path / "out", "--learning_rate", "1e30", "--max_grad_norm", "0", "--max_steps", "6",
             "--logging_steps", "2", "--save_steps", "2")
     assert not list((tmp_path / "out").glob("checkpoint-*")), "a checkpoint of non-finite weights was written"
+
+
+# ----------------------------------------------------------------------------- several nodes (tests/test_multinode.py
+# runs them for real; these are the decisions, case by case)
+
+
+def test_latest_starts_afresh_only_where_there_is_no_complete_checkpoint(tmp_path):
+    assert find_checkpoint("latest", str(tmp_path / "never_created")) is None
+    (tmp_path / "checkpoint-2.tmp" / "accelerate_state").mkdir(parents=True)  # a first attempt died saving
+    assert find_checkpoint("latest", str(tmp_path)) is None
+    write_checkpoint(tmp_path / "checkpoint-4", 4, 2, [0])  # complete, but its resume state lacks process 1
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint with a complete resume state.*checkpoint-4 lacks "
+                                                r"accelerate_state/random_states_1.pkl"):
+        find_checkpoint("latest", str(tmp_path))
+
+
+def test_latest_after_a_crashed_first_attempt_starts_the_run_afresh(tiny_model, tmp_path, reset_accelerate):
+    """The command that starts a run also restarts it (an elastic launcher's --max_restarts): with no
+    complete checkpoint yet, 'latest' trains from step 0 and clears the first attempt's leftovers."""
+    (tmp_path / "checkpoint-2.tmp" / "accelerate_state").mkdir(parents=True)
+    (tmp_path / "log.jsonl").write_text('{"step": 1, "cl_loss": 9.0}\n{"step": 2, "cl_loss": 9.0}\n')
+    run(tiny_model, tmp_path, "--max_steps", "2", "--save_steps", "2", "--resume_from_checkpoint", "latest")
+    assert [p.name for p in tmp_path.glob("checkpoint-*")] == ["checkpoint-2"]
+    assert steps_logged(tmp_path) == [1, 2]
+    assert all(json.loads(line).get("cl_loss") != 9.0 for line in (tmp_path / "log.jsonl").read_text().splitlines())
+    reset_accelerate()
+    # the same command again resumes that checkpoint (and has nothing left to do)
+    run(tiny_model, tmp_path, "--max_steps", "2", "--save_steps", "2", "--resume_from_checkpoint", "latest")
+    assert steps_logged(tmp_path) == [1, 2]
+
+
+def test_latest_on_several_nodes_takes_the_newest_step_every_process_holds():
+    # node 1 died before renaming its checkpoint-6: the run resumes step 4 on both
+    assert common_resume_step([[2, 4, 6], [2, 4]], [[2, 4, 6], [2, 4]]) == 4
+    assert common_resume_step([[], []], [[], []]) is None  # nothing anywhere: a first start
+    # checkpoints that some process cannot resume are never overwritten by a fresh start
+    with pytest.raises(FileNotFoundError, match=r"process 0: \[2\]; process 1: none"):
+        common_resume_step([[2], []], [[2], [2]])
+
+
+def test_a_node_local_folder_holds_its_own_processes_states_only(tmp_path):
+    write_checkpoint(tmp_path / "checkpoint-2", 2, 2, [1])
+    state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({**state, "ranks": [1]}))
+    assert missing_resume_files(tmp_path / "checkpoint-2", 1) == []
+    # another node's folder (the launch gave node 0 node 1's --output_dir): not resumable by process 0
+    assert "process 0's state" in missing_resume_files(tmp_path / "checkpoint-2", 0)[0]
+
+
+@pytest.mark.parametrize("views, flag, deepspeed, expected", [
+    ({0: [0, 1], 1: [0, 1]}, False, False, False),  # one folder on a shared filesystem
+    ({0: [0], 1: [1]}, False, False, True),  # node-local disks: found without the flag
+    ({0: [0], 1: [1]}, True, False, True),
+    ({0: [0, 1], 1: [0, 1]}, True, False, "--save_on_each_node: .* is one folder shared by all 2 nodes"),
+    ({0: [0, 2], 1: [1], 2: [0, 2]}, False, False, "some nodes share it and others do not"),
+    ({0: [0], 1: [1]}, False, True, "node-local checkpoint folders work with DDP"),
+])
+def test_the_nodes_probe_decides_one_folder_or_one_per_node(views, flag, deepspeed, expected):
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=expected):
+            nodes_have_own_folders(views, "out", flag, deepspeed)
+    else:
+        assert nodes_have_own_folders(views, "out", flag, deepspeed) is expected
+
+
+def test_another_hosts_lock_is_never_stale_and_only_the_first_process_judges_it_early(tmp_path, monkeypatch):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(json.dumps({"pid": int(gone.stdout), "host": "another-host", "started": "now"}))
+    assert RunLock(str(tmp_path)).owner()["host"] == "another-host"  # its pid means nothing here
+    monkeypatch.setenv("RANK", "0")
+    assert "pid " + gone.stdout.strip() + " on another-host" in output_dir_refusal(str(tmp_path), None, False)
+    # another node reading a shared folder cannot tell node 0's crashed attempt from a live run: it leaves the
+    # lock to the process that takes it
+    monkeypatch.setenv("RANK", "1")
+    assert output_dir_refusal(str(tmp_path), None, False) is None
+
+
+@pytest.mark.parametrize("script", [tc, train_lm_head, train_full])
+def test_ddp_timeout_reaches_the_process_group(script, tiny_model, tmp_path, monkeypatch):
+    assert process_group_kwargs(7) == []  # one process: no process group
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    assert [k.timeout for k in process_group_kwargs(7)] == [timedelta(seconds=7)]
+    seen = []
+
+    def record(timeout_s=None):
+        seen.append(timeout_s)
+        raise KeyboardInterrupt  # stop before the process group starts
+
+    monkeypatch.setattr(script, "process_group_kwargs", record)
+    with pytest.raises(KeyboardInterrupt):
+        script.main(["--model_name_or_path", str(tiny_model), "--train_file", TRAIN if script is tc else
+                     str(DEMO / "mono_ko_train.txt"), "--output_dir", str(tmp_path), "--ddp_timeout", "7"])
+    assert seen == [7]
