@@ -60,6 +60,7 @@ from evaluation.render import (
     fmt_delta,
     json_safe,
     plot_layers,
+    pyplot,
     with_band,
 )
 from evaluation.representation import describe_pooling, pooling_key, stage_of, trained_pooling
@@ -581,13 +582,8 @@ def plot_layer_alignment(plt, path: Path, report: dict) -> bool:
 
 
 def write_plots(out_dir: Path, report: dict) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib is not installed: no PNG plots")
+    plt = pyplot()
+    if plt is None:
         return []
     written = []
     for name, plot in (("agreement_vs_step.png", plot_scores), ("training_curves.png", plot_curves),

@@ -252,8 +252,9 @@ def plot_layers(plt, path: Path, with_layers: dict[str, list[dict]], panels=LAYE
     plt.close(fig)
 
 
-def write_plots(out_dir: Path, results: dict, pairs: list[dict]) -> list[str]:
-    """The PNG plots that the results allow; returns their file names."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed), or None, with a warning, when
+    matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -261,6 +262,14 @@ def write_plots(out_dir: Path, results: dict, pairs: list[dict]) -> list[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         logger.warning("matplotlib is not installed: no PNG plots")
+        return None
+    return plt
+
+
+def write_plots(out_dir: Path, results: dict, pairs: list[dict]) -> list[str]:
+    """The PNG plots that the results allow; returns their file names."""
+    plt = pyplot()
+    if plt is None:
         return []
     written = []
     stepped = {m: int(STEP_RE.search(m.split("/")[-1]).group(1)) for m in results if STEP_RE.search(m.split("/")[-1])}
