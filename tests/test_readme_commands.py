@@ -88,6 +88,29 @@ def test_the_first_commands_and_the_demo_chain(tmp_path):
     for key in ("eval/ko_perplexity", "eval/en_perplexity"):
         assert first3[key] == pytest.approx(last2[key], rel=1e-6), key
 
+    # then the evaluation of the three checkpoints and the report, on a few items (the README's folders replaced)
+    evaluate, report = [c for c in readme_commands(1) if c[0] == "python"]
+    assert evaluate[1:3] == ["eval_agreement.py", "data/demo/eval.yaml"] and report[1] == "report.py"
+    folders = {"runs/contrastive": tmp_path / "stage1", "runs/lm_head": tmp_path / "stage2",
+               "runs/full": tmp_path / "stage3", "runs/eval_demo": tmp_path / "eval",
+               "runs/report_demo": tmp_path / "report"}
+
+    def local(arg: str) -> str:
+        for readme, here in folders.items():
+            if arg == readme or arg.startswith(readme + "/"):
+                return str(here / "checkpoint-3") if "/checkpoint-" in arg else str(here)
+        return arg
+
+    for command, extra in ((evaluate, ["--limit", "6", "--bootstrap_iters", "50", "--max_pairs", "24"]), (report, [])):
+        result = subprocess.run([sys.executable, *map(local, command[1:]), *extra], cwd=ROOT, capture_output=True,
+                                text=True, timeout=900)
+        assert result.returncode == 0, (command[1], (result.stdout + result.stderr)[-3000:])
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert sorted(results) == ["model", "stage1/checkpoint-3", "stage2/checkpoint-3", "stage3/checkpoint-3"]
+    runs = {r["run"]: r for r in json.loads((tmp_path / "report" / "report.json").read_text())["runs"]}
+    assert runs["stage2"]["start"] == str(tmp_path / "stage1" / "checkpoint-3")
+    assert runs["stage3"]["start"] == str(tmp_path / "stage2" / "checkpoint-3")
+
 
 def test_a_mistake_under_the_launcher_is_one_line_and_status_1():
     """`accelerate launch -q` passes the script's line on and exits 1 (the script itself exits 2)."""
