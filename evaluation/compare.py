@@ -107,7 +107,7 @@ def add_comparisons(results: dict, pairs: list[dict], out_dir: Path, counts: dic
                     level: float = 0.95) -> None:
     """``results[model]["compare"][other][pair][metric] = {"delta", "ci", "p_mcnemar", "n_discordant"}`` for the
     ``comparison_plan``, from the per-item files of both models; pairs either model lacks are left out. Without
-    resamples (--bootstrap_iters 0) the ``ci`` is None; delta and McNemar need none."""
+    resamples (--bootstrap_iters 0) the ``ci`` is [None, None]; delta and McNemar need none."""
     items: dict[tuple[str, str], list[dict]] = {}
 
     def rows_of(model: str, pair: str) -> list[dict] | None:
