@@ -144,9 +144,10 @@ def test_model_resized_and_new_rows_are_the_mean_of_their_base_pieces(expanded, 
 
 def test_refuses_to_overwrite_and_rejects_a_non_sentencepiece_base(tmp_path):
     (tmp_path / "out").mkdir()
+    (tmp_path / "bad.model").write_bytes(b"not a model")  # a file that exists: the path check passes it
     with pytest.raises(FileExistsError, match="--overwrite_output_dir"):
-        expand_vocab.main(["--base_tokenizer", "x", "--ko_corpus", "y", "--output_dir", str(tmp_path / "out")])
-    (tmp_path / "bad.model").write_bytes(b"not a model")
+        expand_vocab.main(["--base_tokenizer", str(tmp_path / "bad.model"), "--ko_corpus", "y",
+                           "--output_dir", str(tmp_path / "out")])
     with pytest.raises(DataError, match="bad.model: not a SentencePiece model"):
         expand_vocab.load_proto(str(tmp_path / "bad.model"))
 
