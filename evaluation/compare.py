@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from common.stats import (
+    AGREEMENT_KEYS,
+    PAIRED_KEYS,
     agreement_intervals,
     agreement_stats,
     auc_interval,
@@ -26,8 +28,7 @@ from common.stats import (
 )
 from evaluation import STEP_RE
 
-SCORED = ("acc_en", "acc_ko", "agreement", "kappa", "agreement_en_right")  # agreement_intervals' keys
-COMPARED = ("acc_en", "acc_ko", "agreement")  # what paired_comparison reports
+COMPARED = PAIRED_KEYS  # what paired_comparison reports (report.py's columns)
 NORM = {"acc_en": "acc_norm_en", "acc_ko": "acc_norm_ko", "agreement": "agreement_norm", "kappa": "kappa_norm",
         "agreement_en_right": "agreement_norm_en_right"}  # the same metric with acc_norm predictions
 
@@ -64,7 +65,7 @@ def score_intervals(rows: list[dict], counts: np.ndarray, level: float = 0.95) -
         return out
     acc = agreement_intervals(c["gold"], c["pred_en"], c["pred_ko"], counts, level)
     norm = agreement_intervals(c["gold"], c["pred_norm_en"], c["pred_norm_ko"], counts, level)
-    for key in SCORED:
+    for key in AGREEMENT_KEYS:
         out[f"{key}_ci"] = acc[key]
         out[f"{NORM[key]}_ci"] = norm[key]
     for name, values in soft.items():
